@@ -1,0 +1,35 @@
+"""tinystream: a small, fast HTTP/1.1 server for streaming responses and Server-Sent Events.
+
+The public names are listed in ``__all__``; everything else is an implementation detail.
+"""
+
+from __future__ import annotations
+
+from .config import Config
+from .datastructures import Headers, QueryParams
+from .errors import ClientDisconnected, HTTPError
+from .request import Request
+from .responses import FileResponse, JSONResponse, Response, StreamingResponse
+from .routing import Router
+from .serving import Server, ServerStats, run, serve, start_server
+
+__all__ = [
+    "ClientDisconnected",
+    "Config",
+    "FileResponse",
+    "HTTPError",
+    "Headers",
+    "JSONResponse",
+    "QueryParams",
+    "Request",
+    "Response",
+    "Router",
+    "Server",
+    "ServerStats",
+    "StreamingResponse",
+    "run",
+    "serve",
+    "start_server",
+]
+
+__version__ = "0.1.0"

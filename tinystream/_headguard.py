@@ -1,0 +1,91 @@
+"""Checks on the raw bytes of a request head that h11 does not make.
+
+h11 0.16 (see ../shared/NOTES.md) holds a head to ``max_incomplete_event_size``
+only while the head is incomplete, so a large head that arrives in one read slips
+past it, and it silently unfolds obs-fold continuation lines. RFC 9112 §5.2 lets a
+server refuse obs-fold with 400, and we do: folding is a classic way to smuggle a
+header past one parser and not another.
+
+:class:`HeadGuard` sees every byte of a head before h11 parses it. It finds the end
+of the head (the first empty line) and, up to there, counts bytes and looks for a
+line that starts with a space or a tab. It is pure and incremental: a pattern split
+across two reads is still found, because the last byte of the previous piece is kept.
+"""
+
+from __future__ import annotations
+
+__all__ = ["HeadGuard", "HeadRejected"]
+
+
+class HeadRejected(Exception):
+    """The request head breaks a rule; ``status`` is the response to give."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class HeadGuard:
+    """Scans one request head at a time.
+
+    Call :meth:`feed` with each piece of incoming bytes while a head is expected.
+    It returns the offset just past the head's end within that piece once the head
+    is complete (the guard is then finished: :attr:`active` is false until
+    :meth:`reset`), or ``None`` when the head goes on.
+    """
+
+    __slots__ = ("_seen", "_tail", "active", "max_size")
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self.active = True
+        self._seen = 0  # head bytes scanned so far, before the current piece
+        self._tail = b""  # the previous piece's last byte, for patterns split across reads
+
+    def reset(self) -> None:
+        """Start watching for the next head."""
+        self.active = True
+        self._seen = 0
+        self._tail = b""
+
+    def feed(self, data: bytes | bytearray) -> int | None:
+        """Scan the next piece of the head.
+
+        Raises:
+            HeadRejected: 431 when the head is larger than ``max_size``, 400 for obs-fold.
+        """
+        tail = self._tail
+        # Scan no further than the size limit (+ the 4 bytes of a terminator), so a
+        # large read holding a head and a body is never copied whole.
+        budget = self.max_size - self._seen + 4
+        window = tail + data[:budget] if tail else data[:budget]
+        offset = len(tail)
+        end = _end_of_head(window)
+        head_part = window if end < 0 else window[:end]
+        # A line that begins with SP or HTAB is an obs-fold continuation.
+        if head_part.find(b"\n ") >= 0 or head_part.find(b"\n\t") >= 0:
+            raise HeadRejected(400, "obsolete line folding in the request head")
+        if end < 0:
+            self._seen += len(data)
+            if self._seen > self.max_size:
+                raise HeadRejected(431, "request head too large")
+            self._tail = window[-1:]
+            return None
+        if self._seen + end - offset > self.max_size:
+            raise HeadRejected(431, "request head too large")
+        self.active = False
+        return end - offset
+
+
+def _end_of_head(window: bytes | bytearray) -> int:
+    """Offset just past the empty line that ends a head, or -1.
+
+    h11 accepts bare LF line endings as well as CRLF, so the empty line is an LF
+    followed by an optional CR and an LF (this also matches ``\r\n\r\n``).
+    """
+    with_cr = window.find(b"\n\r\n")
+    bare = window.find(b"\n\n")
+    if bare < 0 or (0 <= with_cr < bare):
+        return with_cr + 3 if with_cr >= 0 else -1
+    return bare + 2

@@ -1,0 +1,268 @@
+"""Response types: what a handler returns.
+
+A response is a description - status, header fields and a body source - that the
+connection turns into bytes. Header fields are checked and encoded here, when the
+response is built, so a bad header is a ``ValueError`` in the handler that made it
+(with the offending value in the message), never a half-sent response.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+import re
+import stat
+from collections.abc import AsyncIterable, Iterable, Mapping
+from email.utils import formatdate
+from typing import Any, Union
+from urllib.parse import quote
+
+__all__ = [
+    "BaseResponse",
+    "FileResponse",
+    "HeadersArg",
+    "JSONResponse",
+    "Response",
+    "StreamingResponse",
+]
+
+HeadersArg = Union[Mapping[str, str], Iterable[tuple[str, str]], None]
+#: What a streaming producer may yield: bytes-like items, or str (sent as UTF-8).
+Chunk = Union[bytes, bytearray, memoryview, str]
+
+# RFC 9110 §5.1 (token) and §5.5 (field value: no CR, LF or NUL).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00\r\n]")
+# Framing is ours to decide (RFC 9112 §6): a handler cannot set these.
+_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding"})
+# Statuses whose responses never have a body (RFC 9110 §6.4.1, §15.3.5, §15.4.5).
+NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def encode_headers(headers: HeadersArg) -> list[tuple[bytes, bytes]]:
+    """Check and encode header fields to ``(lower-case name, value)`` byte pairs.
+
+    Raises:
+        TypeError: a name or value is not a str.
+        ValueError: a name is not a token, a value holds CR, LF or NUL, or a
+            framing field (Content-Length, Transfer-Encoding) is given.
+    """
+    if headers is None:
+        return []
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    encoded: list[tuple[bytes, bytes]] = []
+    for name, value in items:
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"header names and values must be str, got {name!r}: {value!r}")
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"invalid header name {name!r}")
+        if _BAD_VALUE.search(value):
+            raise ValueError(f"header {name!r} has a CR, LF or NUL in its value: {value!r}")
+        raw_name = name.lower().encode("ascii")
+        if raw_name in _FRAMING_FIELDS:
+            raise ValueError(f"header {name!r} is set by the server from the body; do not set it")
+        encoded.append((raw_name, value.strip(" \t").encode("latin-1")))
+    return encoded
+
+
+def _content_type(media_type: str | None, text: bool) -> str | None:
+    if media_type is None:
+        return "text/plain; charset=utf-8" if text else None
+    if media_type.startswith("text/") and "charset" not in media_type:
+        return media_type + "; charset=utf-8"
+    return media_type
+
+
+def _check_status(status: int) -> None:
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+        raise ValueError(f"status must be an int from 200 to 599, got {status!r}")
+
+
+class BaseResponse:
+    """Status and header fields shared by every response type."""
+
+    __slots__ = ("headers", "status")
+
+    def __init__(self, status: int, headers: HeadersArg, media_type: str | None, text: bool) -> None:
+        _check_status(status)
+        self.status = status
+        self.headers = encode_headers(headers)
+        content_type = _content_type(media_type, text)
+        if content_type is not None and not any(n == b"content-type" for n, _ in self.headers):
+            self.headers.append((b"content-type", content_type.encode("latin-1")))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.status}>"
+
+
+class Response(BaseResponse):
+    """A response whose whole body is known: sent with ``Content-Length``.
+
+    Args:
+        content: the body; ``str`` is encoded as UTF-8 and defaults the media type
+            to ``text/plain; charset=utf-8``.
+        status: 200 to 599 (informational responses are the server's business).
+        headers: extra fields, as a mapping or ``(name, value)`` pairs.
+        media_type: the ``Content-Type``; ``text/*`` gets ``charset=utf-8``.
+
+    Raises:
+        TypeError / ValueError: bad content, status or header (see :func:`encode_headers`).
+    """
+
+    __slots__ = ("body",)
+
+    def __init__(
+        self,
+        content: bytes | str = b"",
+        status: int = 200,
+        headers: HeadersArg = None,
+        media_type: str | None = None,
+    ) -> None:
+        if isinstance(content, str):
+            body = content.encode("utf-8")
+            text = True
+        elif isinstance(content, (bytes, bytearray, memoryview)):
+            body = bytes(content)
+            text = False
+        else:
+            raise TypeError(f"Response content must be bytes or str, got {type(content).__name__}")
+        if body and status in NO_BODY_STATUSES:
+            raise ValueError(f"a {status} response cannot have a body")
+        super().__init__(status, headers, media_type, text and bool(body))
+        self.body = body
+
+
+class JSONResponse(Response):
+    """A JSON body (``application/json``), compact and UTF-8.
+
+    Raises:
+        TypeError: ``obj`` is not JSON-serialisable.
+        ValueError: ``obj`` contains NaN or an infinity (not valid JSON).
+    """
+
+    __slots__ = ()
+
+    def __init__(self, obj: Any, status: int = 200, headers: HeadersArg = None) -> None:
+        body = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        super().__init__(body.encode("utf-8"), status, headers, "application/json")
+
+
+class StreamingResponse(BaseResponse):
+    """A body produced piece by piece, sent as soon as each piece exists.
+
+    HTTP/1.1 clients get ``Transfer-Encoding: chunked``, HTTP/1.0 clients a body
+    delimited by closing the connection. Reading pauses the producer whenever the
+    client is slower than it (backpressure), and the producer is closed
+    (``aclose()``/``close()``, so its ``finally`` runs) as soon as the client goes
+    away, the response ends, or the server shuts down.
+
+    Args:
+        content: a sync or async iterable of ``bytes``/``str`` items. A sync one
+            runs in a worker thread, so a blocking ``next()`` stalls nobody else;
+            a list or tuple is iterated in place. Empty items are skipped.
+
+    Raises:
+        TypeError: ``content`` is not an iterable of chunks (``bytes``/``str``
+            themselves are refused: iterating them would give single characters).
+    """
+
+    __slots__ = ("content", "content_length")
+
+    def __init__(
+        self,
+        content: Iterable[Chunk] | AsyncIterable[Chunk],
+        status: int = 200,
+        headers: HeadersArg = None,
+        media_type: str | None = None,
+    ) -> None:
+        if isinstance(content, (bytes, bytearray, memoryview, str)):
+            raise TypeError(
+                "StreamingResponse content must be an iterable of chunks, not "
+                f"{type(content).__name__}; use Response for a fixed body"
+            )
+        if not isinstance(content, (Iterable, AsyncIterable)):
+            raise TypeError(
+                f"StreamingResponse content must be a sync or async iterable, got {content!r}"
+            )
+        if status in NO_BODY_STATUSES:
+            raise ValueError(f"a {status} response cannot have a body")
+        super().__init__(status, headers, media_type, False)
+        self.content: Iterable[Chunk] | AsyncIterable[Chunk] = content
+        #: When set, the body is sent with this ``Content-Length`` instead of chunked.
+        self.content_length: int | None = None
+
+
+#: FileResponse reads the file in pieces of this size.
+FILE_CHUNK = 64 * 1024  # bytes
+
+
+def _read_file(path: str, chunk_size: int) -> Iterable[bytes]:
+    # A sync generator: the server runs it in a worker thread, so disk reads never
+    # block the event loop, and closes it (closing the file) when the client leaves.
+    with open(path, "rb") as file:
+        while chunk := file.read(chunk_size):
+            yield chunk
+
+
+class FileResponse(StreamingResponse):
+    """A file streamed from disk in 64 KiB pieces, never read whole into memory.
+
+    The file is opened and measured when the response is sent: a path that is
+    missing or not a regular file answers 404. Sends ``Content-Length``,
+    ``Last-Modified`` and, when ``filename`` is given, a ``Content-Disposition:
+    attachment`` with an RFC 6266 ``filename*`` for non-ASCII names.
+
+    Args:
+        path: the file.
+        media_type: ``Content-Type``; guessed from the file name when omitted.
+        filename: offer the file as a download under this name.
+    """
+
+    __slots__ = ("path",)
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        media_type: str | None = None,
+        filename: str | None = None,
+        status: int = 200,
+        headers: HeadersArg = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        if media_type is None:
+            media_type = mimetypes.guess_type(filename or self.path)[0] or "application/octet-stream"
+        super().__init__((), status, headers, media_type)
+        if filename is not None:
+            self.headers.append((b"content-disposition", _content_disposition(filename)))
+
+    def open(self) -> None:
+        """Measure the file and set up its body (blocking: call it in a thread).
+
+        Raises:
+            HTTPError: 404 when the path is missing or not a regular file.
+        """
+        from .errors import HTTPError
+
+        try:
+            info = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise HTTPError(404) from None
+        if not stat.S_ISREG(info.st_mode):
+            raise HTTPError(404)
+        self.content_length = info.st_size
+        self.headers.append(
+            (b"last-modified", formatdate(info.st_mtime, usegmt=True).encode("ascii"))
+        )
+        self.content = _read_file(self.path, FILE_CHUNK)
+
+
+def _content_disposition(filename: str) -> bytes:
+    # RFC 6266 §4.3: a plain quoted name for old clients, filename* (RFC 8187
+    # UTF-8 percent-encoding) for everyone else when the name is not plain ASCII.
+    ascii_name = filename.encode("ascii", "replace").decode("ascii")
+    ascii_name = re.sub(r'[\x00-\x1f\x7f"\\]', "_", ascii_name)
+    value = f'attachment; filename="{ascii_name}"'
+    if ascii_name != filename:
+        value += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    return value.encode("ascii")

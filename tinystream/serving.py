@@ -1,0 +1,291 @@
+"""Listening, embedding and stopping: :func:`start_server`, :func:`serve`, :func:`run`.
+
+Graceful shutdown, in order: stop accepting; tell every request
+(``request.is_shutting_down()``) and close idle keep-alive connections; let
+in-flight responses finish, with ``Connection: close``; after ``graceful_timeout``
+cut whatever is still open (streams' producers are closed, their ``finally``
+blocks run); then return. A server with endless open streams therefore always stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import ssl as ssl_module
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Config
+from .server import Handler, HTTPConnection, ServerContext
+
+__all__ = ["Server", "ServerStats", "run", "serve", "start_server"]
+
+logger = logging.getLogger("tinystream")
+
+#: After the grace period, time for cancelled handlers and producers to run their
+#: ``finally`` blocks before close() returns anyway.
+CLEANUP_TIMEOUT = 2.0  # seconds
+#: Listen backlog: Linux caps it at net.core.somaxconn (4096 on recent kernels).
+BACKLOG = 2048
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """A snapshot of a running server."""
+
+    connections: int  # open client connections
+    streams: int  # streaming responses in progress
+    paused_writers: int  # connections whose transport paused us (slow clients)
+    buffered_bytes: int  # bytes waiting in transports' write buffers
+    requests_served: int  # exchanges ended since start
+
+
+class Server:
+    """A running tinystream server. Made by :func:`start_server`."""
+
+    def __init__(
+        self, ctx: ServerContext, server: asyncio.AbstractServer, url: str, port: int | None
+    ) -> None:
+        self._ctx = ctx
+        self._server = server
+        self.url = url
+        self.port = port
+        self._closing: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Server {self.url} connections={len(self._ctx.connections)}>"
+
+    @property
+    def config(self) -> Config:
+        return self._ctx.config
+
+    def stats(self) -> ServerStats:
+        """Open connections, open streams, writers paused by backpressure, buffered bytes."""
+        connections = list(self._ctx.connections)
+        paused = buffered = 0
+        for conn in connections:
+            if conn.flow is not None and conn.flow.write_paused:
+                paused += 1
+            if conn.transport is not None:
+                buffered += conn.transport.get_write_buffer_size()
+        return ServerStats(
+            connections=len(connections),
+            streams=self._ctx.open_streams,
+            paused_writers=paused,
+            buffered_bytes=buffered,
+            requests_served=self._ctx.requests_served,
+        )
+
+    def is_shutting_down(self) -> bool:
+        return self._ctx.shutting_down.is_set()
+
+    async def close(self) -> None:
+        """Stop gracefully (see the module docstring). Safe to call more than once."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        ctx = self._ctx
+        self._server.close()
+        ctx.shutting_down.set()
+        for conn in list(ctx.connections):
+            conn.begin_shutdown()
+        if not await _wait_until(lambda: not ctx.connections, ctx, ctx.config.graceful_timeout):
+            logger.info("grace period over: closing %d connection(s)", len(ctx.connections))
+            for conn in list(ctx.connections):
+                conn.force_close()
+        if ctx.tasks:
+            await asyncio.wait(list(ctx.tasks), timeout=CLEANUP_TIMEOUT)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), CLEANUP_TIMEOUT)
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+async def _wait_until(done: Callable[[], bool], ctx: ServerContext, timeout: float) -> bool:
+    # Connections leave ctx.connections in connection_lost; each exit re-checks.
+    if done():
+        return True
+    waiter: asyncio.Future[None] = ctx.loop.create_future()
+
+    def check() -> None:
+        if done() and not waiter.done():
+            waiter.set_result(None)
+
+    ctx.on_connection_closed = check
+    try:
+        await asyncio.wait_for(waiter, timeout)
+    except asyncio.TimeoutError:
+        return False
+    finally:
+        ctx.on_connection_closed = None
+    return True
+
+
+def _make_config(config: Config | None, options: dict[str, Any]) -> Config:
+    if config is not None:
+        if options:
+            raise TypeError("pass either config= or keyword options, not both")
+        return config
+    unknown = set(options) - Config.option_names()
+    if unknown:
+        raise TypeError(
+            f"unknown server option(s) {sorted(unknown)}; known: {sorted(Config.option_names())}"
+        )
+    return Config(**options)
+
+
+def _ssl_context(
+    ssl: ssl_module.SSLContext | None, certfile: str | None, keyfile: str | None
+) -> ssl_module.SSLContext | None:
+    if ssl is not None:
+        return ssl
+    if certfile is None:
+        if keyfile is not None:
+            raise ValueError("keyfile given without certfile")
+        return None
+    context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+
+async def start_server(
+    handler: Handler,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    uds: str | None = None,
+    sock: socket.socket | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    reuse_port: bool = False,
+    config: Config | None = None,
+    **options: Any,
+) -> Server:
+    """Start serving ``handler`` and return at once, bound and listening.
+
+    Args:
+        handler: ``async def handler(request) -> Response`` (a plain ``def`` runs
+            in a worker thread), or a :class:`~tinystream.Router`.
+        host, port: where to listen; ``port=0`` picks a free port (see ``.port``).
+        uds: listen on this Unix socket path instead (a stale socket file is replaced).
+        sock: listen on this already-bound socket instead.
+        ssl / certfile, keyfile: serve HTTPS.
+        reuse_port: set ``SO_REUSEPORT`` (several processes on one port).
+        config / options: a :class:`Config`, or its fields as keyword arguments.
+
+    Raises:
+        TypeError: an unknown option, or a handler that is not callable.
+        ValueError: a bad option value.
+        OSError: the address cannot be bound.
+    """
+    if not callable(handler):
+        raise TypeError(f"handler must be callable, got {handler!r}")
+    cfg = _make_config(config, options)
+    ctx = ServerContext(handler, cfg)
+    context = _ssl_context(ssl, certfile, keyfile)
+    scheme = "https" if context else "http"
+
+    def factory() -> HTTPConnection:
+        return HTTPConnection(ctx)
+
+    loop = asyncio.get_running_loop()
+    server: asyncio.AbstractServer
+    if uds is not None:
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.exists(uds) and not _is_socket(uds):
+                raise ValueError(f"{uds!r} exists and is not a socket")
+            os.unlink(uds)
+        server = await loop.create_unix_server(factory, uds, ssl=context, backlog=BACKLOG)
+        return Server(ctx, server, f"unix:{uds}", None)
+    if sock is not None:
+        server = await loop.create_server(factory, sock=sock, ssl=context, backlog=BACKLOG)
+    else:
+        server = await loop.create_server(
+            factory, host, port, ssl=context, backlog=BACKLOG, reuse_port=reuse_port or None
+        )
+    bound = server.sockets[0].getsockname()
+    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    return Server(ctx, server, f"{scheme}://{shown}:{bound[1]}", int(bound[1]))
+
+
+def _is_socket(path: str) -> bool:
+    import stat
+
+    return stat.S_ISSOCK(os.stat(path).st_mode)
+
+
+async def serve(handler: Handler, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
+    """Serve until cancelled, then shut down gracefully.
+
+    Takes the arguments of :func:`start_server`.
+    """
+    server = await start_server(handler, host, port, **kwargs)
+    logger.info("tinystream listening on %s", server.url)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.close()
+
+
+def run(handler: Handler, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
+    """Serve in this thread until SIGINT or SIGTERM, then stop gracefully.
+
+    A second signal exits at once. Takes the arguments of :func:`start_server`;
+    configures logging (INFO to stderr) if the application has not.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    asyncio.run(_run_until_signal(handler, host, port, kwargs))
+
+
+async def _run_until_signal(
+    handler: Handler, host: str, port: int, kwargs: dict[str, Any], *, ready: Any = None
+) -> None:
+    loop = asyncio.get_running_loop()
+    server = await start_server(handler, host, port, **kwargs)
+    logger.info("tinystream listening on %s", server.url)
+    if ready is not None:
+        ready(server)
+    stop = asyncio.Event()
+    received = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal received
+        received += 1
+        if received == 1:
+            logger.info("shutting down (signal again to exit at once)")
+            stop.set()
+            return
+        # Second signal: the user wants out now, whatever is still running.
+        logger.warning("exiting at once")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, on_signal, signum)
+            installed.append(signum)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
+            pass
+    try:
+        await stop.wait()
+        await server.close()
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+    logger.info("stopped")
