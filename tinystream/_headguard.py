@@ -9,7 +9,7 @@ header past one parser and not another.
 :class:`HeadGuard` sees every byte of a head before h11 parses it. It finds the end
 of the head (the first empty line) and, up to there, counts bytes and looks for a
 line that starts with a space or a tab. It is pure and incremental: a pattern split
-across two reads is still found, because the last byte of the previous piece is kept.
+across two reads is still found, because the last two bytes of the previous piece are kept.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class HeadGuard:
         self.max_size = max_size
         self.active = True
         self._seen = 0  # head bytes scanned so far, before the current piece
-        self._tail = b""  # the previous piece's last byte, for patterns split across reads
+        self._tail = b""  # the previous piece's last two bytes: the longest pattern is 3
 
     def reset(self) -> None:
         """Start watching for the next head."""
@@ -59,7 +59,7 @@ class HeadGuard:
         # Scan no further than the size limit (+ the 4 bytes of a terminator), so a
         # large read holding a head and a body is never copied whole.
         budget = self.max_size - self._seen + 4
-        window = tail + data[:budget] if tail else data[:budget]
+        window: bytes | bytearray = tail + data[:budget] if tail else data[:budget]
         offset = len(tail)
         end = _end_of_head(window)
         head_part = window if end < 0 else window[:end]
@@ -70,7 +70,7 @@ class HeadGuard:
             self._seen += len(data)
             if self._seen > self.max_size:
                 raise HeadRejected(431, "request head too large")
-            self._tail = window[-1:]
+            self._tail = bytes(window[-2:])
             return None
         if self._seen + end - offset > self.max_size:
             raise HeadRejected(431, "request head too large")

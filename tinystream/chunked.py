@@ -54,10 +54,12 @@ def encode_chunk(payload: bytes | bytearray | memoryview) -> bytes:
     size = len(payload)
     if not size:
         raise ValueError("an empty payload cannot be framed: a zero-length chunk ends the body")
-    return b"%x\r\n%b\r\n" % (size, payload)
+    return b"%x\r\n%b\r\n" % (size, bytes(payload))
 
 
-def chunk_pieces(payload: bytes | bytearray | memoryview) -> tuple[bytes, bytes | bytearray | memoryview, bytes]:
+def chunk_pieces(
+    payload: bytes | bytearray | memoryview,
+) -> tuple[bytes, bytes | bytearray | memoryview, bytes]:
     """Frame ``payload`` as ``(size_line, payload, CRLF)`` without copying the payload.
 
     Raises:

@@ -7,10 +7,12 @@ handlers look at two or three headers and never at the query string.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import overload
+from typing import TypeVar, overload
 from urllib.parse import parse_qsl
 
 __all__ = ["Headers", "QueryParams"]
+
+_T = TypeVar("_T")
 
 
 class Headers(Mapping[str, str]):
@@ -49,10 +51,12 @@ class Headers(Mapping[str, str]):
         raise KeyError(name)
 
     @overload
-    def get(self, name: str) -> str | None: ...
+    def get(self, name: str, /) -> str | None: ...
     @overload
-    def get(self, name: str, default: str) -> str: ...
-    def get(self, name: str, default: str | None = None) -> str | None:
+    def get(self, name: str, default: str, /) -> str: ...
+    @overload
+    def get(self, name: str, default: _T, /) -> str | _T: ...
+    def get(self, name: str, default: object = None, /) -> object:
         """The first value of field ``name``, or ``default``."""
         key = name.lower().encode("latin-1")
         for field, value in self._raw:
@@ -104,10 +108,12 @@ class QueryParams(Mapping[str, str]):
         self._items = parse_qsl(query, keep_blank_values=True, errors="replace")
 
     @overload
-    def get(self, key: str) -> str | None: ...
+    def get(self, key: str, /) -> str | None: ...
     @overload
-    def get(self, key: str, default: str) -> str: ...
-    def get(self, key: str, default: str | None = None) -> str | None:
+    def get(self, key: str, default: str, /) -> str: ...
+    @overload
+    def get(self, key: str, default: _T, /) -> str | _T: ...
+    def get(self, key: str, default: object = None, /) -> object:
         """The first value for ``key``, or ``default``."""
         for name, value in self._items:
             if name == key:

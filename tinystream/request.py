@@ -65,7 +65,16 @@ class BodyReader:
     handler first asks for the body (the moment to send ``100 Continue``).
     """
 
-    __slots__ = ("_chunks", "_complete", "_error", "_waiter", "on_first_read", "on_unread", "started", "unread")
+    __slots__ = (
+        "_chunks",
+        "_complete",
+        "_error",
+        "_waiter",
+        "on_first_read",
+        "on_unread",
+        "started",
+        "unread",
+    )
 
     def __init__(
         self, on_unread: Callable[[int], None], on_first_read: Callable[[], None] | None
@@ -299,4 +308,3 @@ class Request:
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target} HTTP/{self.http_version}>"
-

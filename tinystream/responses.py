@@ -15,7 +15,7 @@ import re
 import stat
 from collections.abc import AsyncIterable, Iterable, Mapping
 from email.utils import formatdate
-from typing import Any, Union
+from typing import Any
 from urllib.parse import quote
 
 __all__ = [
@@ -27,9 +27,9 @@ __all__ = [
     "StreamingResponse",
 ]
 
-HeadersArg = Union[Mapping[str, str], Iterable[tuple[str, str]], None]
+HeadersArg = Mapping[str, str] | Iterable[tuple[str, str]] | None
 #: What a streaming producer may yield: bytes-like items, or str (sent as UTF-8).
-Chunk = Union[bytes, bytearray, memoryview, str]
+Chunk = bytes | bytearray | memoryview | str
 
 # RFC 9110 §5.1 (token) and §5.5 (field value: no CR, LF or NUL).
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -84,7 +84,9 @@ class BaseResponse:
 
     __slots__ = ("headers", "status")
 
-    def __init__(self, status: int, headers: HeadersArg, media_type: str | None, text: bool) -> None:
+    def __init__(
+        self, status: int, headers: HeadersArg, media_type: str | None, text: bool
+    ) -> None:
         _check_status(status)
         self.status = status
         self.headers = encode_headers(headers)
@@ -231,7 +233,9 @@ class FileResponse(StreamingResponse):
     ) -> None:
         self.path = os.fspath(path)
         if media_type is None:
-            media_type = mimetypes.guess_type(filename or self.path)[0] or "application/octet-stream"
+            media_type = (
+                mimetypes.guess_type(filename or self.path)[0] or "application/octet-stream"
+            )
         super().__init__((), status, headers, media_type)
         if filename is not None:
             self.headers.append((b"content-disposition", _content_disposition(filename)))

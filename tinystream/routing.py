@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Union
+from typing import Any
 
 from ._threads import shared_pool
 from .errors import HTTPError
@@ -14,7 +14,7 @@ from .responses import Response, StreamingResponse
 
 __all__ = ["Router"]
 
-RouteHandler = Callable[[Request], Union[Awaitable[Any], Any]]
+RouteHandler = Callable[[Request], Awaitable[Any] | Any]
 # {name} matches one path segment; {name:path} matches the rest of the path.
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::(path))?\}")
 
@@ -69,9 +69,7 @@ class Router:
         self._static: dict[str, _Route] = {}
         self._dynamic: list[_Route] = []
 
-    def add(
-        self, path: str, handler: RouteHandler, methods: Iterable[str] = ("GET",)
-    ) -> None:
+    def add(self, path: str, handler: RouteHandler, methods: Iterable[str] = ("GET",)) -> None:
         """Route ``methods`` on ``path`` to ``handler``.
 
         Raises:
@@ -156,4 +154,5 @@ class Router:
         handler, is_async = entry
         if is_async:
             return await handler(request)  # type: ignore[no-any-return]
-        return await shared_pool().run(handler, request)  # type: ignore[no-any-return]
+        response: Response | StreamingResponse = await shared_pool().run(handler, request)  # type: ignore[arg-type]
+        return response

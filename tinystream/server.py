@@ -1,4 +1,4 @@
-"""HTTP/1.1 over asyncio: one :class:`HTTPConnection` per client, one :class:`_Exchange` per request.
+"""HTTP/1.1 over asyncio: an :class:`HTTPConnection` per client, an :class:`_Exchange` per request.
 
 Theory of operation
 -------------------
@@ -44,7 +44,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, Union
+from typing import Any
 
 import h11
 
@@ -58,13 +58,13 @@ from .errors import ClientDisconnected, HTTPError
 from .request import BodyReader, Request, parse_target
 from .responses import FileResponse, Response, StreamingResponse
 
-__all__ = ["Handler", "HTTPConnection", "ServerContext"]
+__all__ = ["HTTPConnection", "Handler", "ServerContext"]
 
 logger = logging.getLogger("tinystream.error")
 access_logger = logging.getLogger("tinystream.access")
 
-AnyResponse = Union[Response, StreamingResponse]
-Handler = Callable[[Request], Union[Awaitable[AnyResponse], AnyResponse]]
+AnyResponse = Response | StreamingResponse
+Handler = Callable[[Request], Awaitable[AnyResponse] | AnyResponse]
 
 #: The streaming loop yields to the event loop after this many writes that did not
 #: fill the transport, so other connections and ``connection_lost`` get to run.
@@ -120,7 +120,7 @@ class ServerContext:
         self.base_headers = base
 
     def response_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """A response's fields plus ``Date``, ``Server`` and, while stopping, ``Connection: close``."""
+        """A response's fields plus ``Date``, ``Server`` and (stopping) ``Connection: close``."""
         fields = [*headers, (b"date", _date.get()), *self.base_headers]
         if self.shutting_down.is_set():
             fields.append((b"connection", b"close"))
@@ -149,9 +149,7 @@ class HTTPConnection(asyncio.Protocol):
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self._config = ctx.config
-        self.h11 = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=ctx.config.max_head_size
-        )
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=ctx.config.max_head_size)
         self._guard = HeadGuard(ctx.config.max_head_size)
         # Per-connection state
         self.transport: asyncio.Transport | None = None
@@ -596,7 +594,9 @@ class _Exchange:
             else:
                 logger.error(
                     "handler for %s %s returned %r, not a Response",
-                    request.method, request.target, response,
+                    request.method,
+                    request.target,
+                    response,
                 )
                 self.outcome = "error"
                 self._send_fixed(_error_response(500, "Internal Server Error"))
@@ -614,8 +614,14 @@ class _Exchange:
             if self.outcome is None:
                 self.outcome = "complete"
             _log_access(
-                conn, request.method, request.target, request.http_version, self.status,
-                self.bytes_sent, time.perf_counter() - self.time_start, self.outcome,
+                conn,
+                request.method,
+                request.target,
+                request.http_version,
+                self.status,
+                self.bytes_sent,
+                time.perf_counter() - self.time_start,
+                self.outcome,
             )
             if conn.exchange is self:
                 conn.exchange_finished(self)
@@ -804,5 +810,12 @@ def _log_access(
     host = conn.client[0] if conn.client else "-"
     access_logger.info(
         '%s "%s %s HTTP/%s" %d %d %.1fms %s',
-        host, method, target, version, status, size, duration * 1000, outcome,
+        host,
+        method,
+        target,
+        version,
+        status,
+        size,
+        duration * 1000,
+        outcome,
     )

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import ssl as ssl_module
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -204,10 +205,7 @@ async def start_server(
     loop = asyncio.get_running_loop()
     server: asyncio.AbstractServer
     if uds is not None:
-        with contextlib.suppress(FileNotFoundError):
-            if os.path.exists(uds) and not _is_socket(uds):
-                raise ValueError(f"{uds!r} exists and is not a socket")
-            os.unlink(uds)
+        _remove_stale_socket(uds)
         server = await loop.create_unix_server(factory, uds, ssl=context, backlog=BACKLOG)
         return Server(ctx, server, f"unix:{uds}", None)
     if sock is not None:
@@ -221,10 +219,16 @@ async def start_server(
     return Server(ctx, server, f"{scheme}://{shown}:{bound[1]}", int(bound[1]))
 
 
-def _is_socket(path: str) -> bool:
-    import stat
-
-    return stat.S_ISSOCK(os.stat(path).st_mode)
+def _remove_stale_socket(path: str) -> None:
+    # A socket file left by a previous run would make bind() fail; anything else
+    # at that path is the user's file, never ours to delete.
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ValueError(f"{path!r} exists and is not a socket")
+    os.unlink(path)
 
 
 async def serve(handler: Handler, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
@@ -252,13 +256,16 @@ def run(handler: Handler, host: str = "127.0.0.1", port: int = 8000, **kwargs: A
 
 
 async def _run_until_signal(
-    handler: Handler, host: str, port: int, kwargs: dict[str, Any], *, ready: Any = None
+    handler: Handler,
+    host: str,
+    port: int,
+    kwargs: dict[str, Any],
+    *,
+    signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
 ) -> None:
     loop = asyncio.get_running_loop()
     server = await start_server(handler, host, port, **kwargs)
     logger.info("tinystream listening on %s", server.url)
-    if ready is not None:
-        ready(server)
     stop = asyncio.Event()
     received = 0
 
@@ -276,7 +283,7 @@ async def _run_until_signal(
         os._exit(128 + signum)
 
     installed = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in signals:
         try:
             loop.add_signal_handler(signum, on_signal, signum)
             installed.append(signum)

@@ -1,0 +1,256 @@
+"""HTTPConnection driven through a fake transport: parsing, framing, refusals, pipelining."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tinystream import Request, Response, StreamingResponse
+from tinystream.chunked import ChunkedDecoder
+
+from .helpers import POST_CHUNKED, POST_CL, SIMPLE_GET, make_connection, parse_responses, settle
+
+
+def feed(data: bytes, cuts: list[int], handler: Any, **options: Any) -> bytes:
+    """Feed ``data`` split at ``cuts`` to a fresh connection; return all it wrote."""
+
+    async def scenario() -> bytes:
+        protocol, transport = make_connection(handler, **options)
+        start = 0
+        for cut in [*sorted(set(cuts)), len(data)]:
+            if cut > start and not transport.closed:
+                protocol.data_received(data[start:cut])
+                await asyncio.sleep(0)  # let an exchange started by this piece run a step
+            start = max(start, cut)
+        await settle(protocol)
+        return bytes(transport.written)
+
+    return asyncio.run(scenario())
+
+
+async def echo(request: Request) -> Response:
+    body = await request.body()
+    return Response(
+        body,
+        headers={
+            "x-method": request.method,
+            "x-target": request.target,
+            "x-path": request.path,
+            "x-headers": repr(request.headers.items_all()),
+        },
+    )
+
+
+# Property 1: any body, produced as any chunks, read back at any boundaries.
+
+chunk_lists = st.lists(st.binary(min_size=0, max_size=200), max_size=15)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(chunks=chunk_lists, cuts=st.lists(st.integers(0, 4000), max_size=10))
+def test_streamed_body_survives_any_socket_boundaries(chunks: list[bytes], cuts: list[int]) -> None:
+    async def produce() -> Any:
+        for chunk in chunks:
+            yield chunk
+
+    def handler(_request: Request) -> StreamingResponse:
+        return StreamingResponse(produce())
+
+    wire = feed(SIMPLE_GET, [], handler)
+    head_end = wire.index(b"\r\n\r\n") + 4
+    body_wire = wire[head_end:]
+    # Our decoder, fed at arbitrary boundaries (inside size lines and CRLFs too).
+    decoder = ChunkedDecoder()
+    out = []
+    start = 0
+    for cut in [*sorted({c for c in cuts if c <= len(body_wire)}), len(body_wire)]:
+        out.append(decoder.feed(body_wire[start:cut]))
+        start = cut
+    assert b"".join(out) == b"".join(chunks)
+    assert decoder.done
+    # h11 as the client.
+    [response] = parse_responses(wire)
+    assert response["complete"] and response["body"] == b"".join(chunks)
+    assert b"0\r\n\r\n" not in body_wire[:-5]  # never an early zero-length chunk
+
+
+# Property 2: any valid request, split anywhere, is the same request.
+
+token = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12)
+value = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=20)
+requests = st.builds(
+    lambda method, path, fields, body, chunked: (method, path, fields, body, chunked),
+    st.sampled_from(["GET", "POST", "PUT", "DELETE"]),
+    st.text(alphabet="abcxyz019/_.~", max_size=20).map(lambda p: "/" + p),
+    st.lists(st.tuples(token.filter(lambda t: t not in ("host", "content-length", "transfer-encoding", "expect", "connection")), value), max_size=6),
+    st.binary(max_size=300),
+    st.booleans(),
+)
+
+
+def encode_request(method: str, path: str, fields: list[tuple[str, str]], body: bytes, chunked: bool) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: example"]
+    lines += [f"{name}: {val}" for name, val in fields]
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+        framed = (b"%x\r\n%b\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+    else:
+        lines.append(f"Content-Length: {len(body)}")
+        framed = body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + framed
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(request=requests, cuts=st.lists(st.integers(0, 600), max_size=8))
+def test_request_survives_any_split(request: tuple[Any, ...], cuts: list[int]) -> None:
+    method, path, fields, body, chunked = request
+    data = encode_request(method, path, fields, body, chunked)
+    whole = parse_responses(feed(data, [], echo), [method.encode()])
+    split = parse_responses(feed(data, cuts, echo), [method.encode()])
+    assert whole == split
+    [response] = whole
+    assert response["status"] == 200 and response["body"] == body
+    assert response["headers"][b"x-method"] == method.encode()
+    assert response["headers"][b"x-path"] == path.encode()
+    for name, val in fields:
+        assert repr((name, val.strip()))[1:-1].encode() in response["headers"][b"x-headers"]
+
+
+# Property 3: pipelined requests, split anywhere, are answered in order.
+
+
+@settings(max_examples=80, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.lists(requests, min_size=2, max_size=4), cuts=st.lists(st.integers(0, 2000), max_size=8))
+def test_pipelined_requests_answered_in_order(batch: list[tuple[Any, ...]], cuts: list[int]) -> None:
+    data = b"".join(encode_request(*r) for r in batch)
+    responses = parse_responses(feed(data, cuts, echo), [r[0].encode() for r in batch])
+    assert [r["body"] for r in responses] == [r[3] for r in batch]
+    assert [r["headers"][b"x-path"] for r in responses] == [r[1].encode() for r in batch]
+
+
+def test_every_split_point_of_fixtures_gives_identical_responses() -> None:
+    """The exhaustive complement to the properties: every cut of a few fixtures."""
+    for fixture in (SIMPLE_GET, POST_CL, POST_CHUNKED, SIMPLE_GET + POST_CHUNKED):
+        expected = feed(fixture, [], echo)
+        strip = lambda wire: b"".join(l for l in wire.split(b"\r\n") if not l.startswith(b"date:"))  # noqa: E731
+        for cut in range(len(fixture) + 1):
+            assert strip(feed(fixture, [cut], echo)) == strip(expected), (fixture, cut)
+
+
+# Hostile and malformed input: refused with the fitting status, connection closed.
+
+REFUSED = {
+    "content-length and transfer-encoding": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        400,
+    ),
+    "two different content-lengths": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        400,
+    ),
+    "malformed chunk size": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        400,
+    ),
+    "obs-fold": (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: one\r\n two\r\n\r\n", 400),
+    "head over the limit in one read": (
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+        431,
+    ),
+    "http/2 preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
+    "http/2.0 version": (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+    "invalid percent-encoding": (b"GET /a%zzb HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "percent-encoding of invalid utf-8": (b"GET /a%ff HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "missing host": (b"GET / HTTP/1.1\r\n\r\n", 400),
+    "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
+    "unsupported transfer-encoding": (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+    "declared body over the limit": (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000\r\n\r\n", 413),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_hostile_input_is_refused_and_never_served(name: str) -> None:
+    data, status = REFUSED[name]
+    seen: list[Request] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append(request)
+        return Response("served")
+
+    async def scenario() -> None:
+        protocol, transport = make_connection(handler, max_body_size=1000)
+        protocol.data_received(data)
+        await settle(protocol)
+        [response] = parse_responses(bytes(transport.written))
+        assert response["status"] == status
+        assert response["headers"][b"connection"] == b"close"
+        assert transport.eof_written  # lingering close: our side shut, reading on
+        assert not seen, "a refused request reached the handler"
+
+    asyncio.run(scenario())
+
+
+def test_head_limit_holds_for_a_trickled_head() -> None:
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+    wire = feed(head, list(range(0, len(head), 100)), echo)
+    assert parse_responses(wire)[0]["status"] == 431
+
+
+def test_body_over_the_limit_while_streaming_in() -> None:
+    """A chunked body that grows past max_body_size makes body() raise 413."""
+    data = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + b"400\r\n" + b"x" * 1024 + b"\r\n"
+    wire = feed(data * 1, [], echo, max_body_size=1000)
+    [response] = parse_responses(wire)
+    assert response["status"] == 413
+
+
+def test_pipelined_bytes_pause_reading_past_the_buffer_limit() -> None:
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def slow(request: Request) -> Response:
+            await release.wait()
+            return Response("ok")
+
+        protocol, transport = make_connection(slow, max_pipeline_buffer=100)
+        protocol.data_received(SIMPLE_GET)
+        await asyncio.sleep(0)
+        protocol.data_received(SIMPLE_GET * 2)
+        assert transport.reading  # 68 bytes waiting: under the limit
+        protocol.data_received(SIMPLE_GET * 2)
+        assert not transport.reading  # 136 bytes: paused until this request ends
+        release.set()
+        await settle(protocol)
+        assert transport.reading
+        assert [r["status"] for r in parse_responses(bytes(transport.written))] == [200] * 5
+
+    asyncio.run(scenario())
+
+
+def test_unread_body_pauses_reading_until_the_handler_reads() -> None:
+    async def scenario() -> None:
+        start_reading = asyncio.Event()
+
+        async def lazy(request: Request) -> Response:
+            await start_reading.wait()
+            return Response(b"%d" % len(await request.body()))
+
+        protocol, transport = make_connection(lazy, read_high_water=1000)
+        protocol.data_received(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n")
+        protocol.data_received(b"x" * 900)
+        assert transport.reading
+        protocol.data_received(b"x" * 900)
+        assert not transport.reading  # 1800 unread > 1000
+        start_reading.set()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert transport.reading  # the handler took it all
+        protocol.data_received(b"x" * 3200)
+        await settle(protocol)
+        assert parse_responses(bytes(transport.written))[0]["body"] == b"5000"
+
+    asyncio.run(scenario())

@@ -1,0 +1,7 @@
+"""``python -m tinystream MODULE:ATTR [options]``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
