@@ -102,7 +102,9 @@ def parse_responses(data: bytes, methods: list[bytes] | None = None) -> list[dic
     client.receive_data(data)
     client.receive_data(b"")
     while True:
-        if client.our_state is h11.IDLE or client.our_state is h11.DONE and client.their_state is h11.DONE:
+        if client.our_state is h11.IDLE or (
+            client.our_state is h11.DONE and client.their_state is h11.DONE
+        ):
             if client.our_state is h11.DONE:
                 try:
                     client.start_next_cycle()
@@ -117,8 +119,13 @@ def parse_responses(data: bytes, methods: list[bytes] | None = None) -> list[dic
             break  # EOF mid-message: "complete" stays False unless EndOfMessage came
         if isinstance(event, h11.Response):
             responses.append(
-                {"status": event.status_code, "headers": dict(event.headers), "body": b"",
-                 "raw_headers": list(event.headers), "complete": False}
+                {
+                    "status": event.status_code,
+                    "headers": dict(event.headers),
+                    "body": b"",
+                    "raw_headers": list(event.headers),
+                    "complete": False,
+                }
             )
         elif isinstance(event, h11.Data):
             responses[-1]["body"] += bytes(event.data)

@@ -55,7 +55,9 @@ def test_oversized_head_in_one_read_is_refused() -> None:
     assert info.value.status == 431
 
 
-@given(size=st.integers(min_value=1, max_value=3000), cuts=st.lists(st.integers(0, 3100), max_size=6))
+@given(
+    size=st.integers(min_value=1, max_value=3000), cuts=st.lists(st.integers(0, 3100), max_size=6)
+)
 def test_size_limit_is_exact_however_split(size: int, cuts: list[int]) -> None:
     head = b"GET / HTTP/1.1\r\nX: " + b"v" * size + b"\r\n\r\n"
     limit = 1500

@@ -86,13 +86,25 @@ requests = st.builds(
     lambda method, path, fields, body, chunked: (method, path, fields, body, chunked),
     st.sampled_from(["GET", "POST", "PUT", "DELETE"]),
     st.text(alphabet="abcxyz019/_.~", max_size=20).map(lambda p: "/" + p),
-    st.lists(st.tuples(token.filter(lambda t: t not in ("host", "content-length", "transfer-encoding", "expect", "connection")), value), max_size=6),
+    st.lists(
+        st.tuples(
+            token.filter(
+                lambda t: (
+                    t not in ("host", "content-length", "transfer-encoding", "expect", "connection")
+                )
+            ),
+            value,
+        ),
+        max_size=6,
+    ),
     st.binary(max_size=300),
     st.booleans(),
 )
 
 
-def encode_request(method: str, path: str, fields: list[tuple[str, str]], body: bytes, chunked: bool) -> bytes:
+def encode_request(
+    method: str, path: str, fields: list[tuple[str, str]], body: bytes, chunked: bool
+) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", "Host: example"]
     lines += [f"{name}: {val}" for name, val in fields]
     if chunked:
@@ -124,8 +136,13 @@ def test_request_survives_any_split(request: tuple[Any, ...], cuts: list[int]) -
 
 
 @settings(max_examples=80, suppress_health_check=[HealthCheck.too_slow])
-@given(batch=st.lists(requests, min_size=2, max_size=4), cuts=st.lists(st.integers(0, 2000), max_size=8))
-def test_pipelined_requests_answered_in_order(batch: list[tuple[Any, ...]], cuts: list[int]) -> None:
+@given(
+    batch=st.lists(requests, min_size=2, max_size=4),
+    cuts=st.lists(st.integers(0, 2000), max_size=8),
+)
+def test_pipelined_requests_answered_in_order(
+    batch: list[tuple[Any, ...]], cuts: list[int]
+) -> None:
     data = b"".join(encode_request(*r) for r in batch)
     responses = parse_responses(feed(data, cuts, echo), [r[0].encode() for r in batch])
     assert [r["body"] for r in responses] == [r[3] for r in batch]
@@ -167,8 +184,14 @@ REFUSED = {
     "percent-encoding of invalid utf-8": (b"GET /a%ff HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     "missing host": (b"GET / HTTP/1.1\r\n\r\n", 400),
     "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
-    "unsupported transfer-encoding": (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
-    "declared body over the limit": (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000\r\n\r\n", 413),
+    "unsupported transfer-encoding": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+        501,
+    ),
+    "declared body over the limit": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000\r\n\r\n",
+        413,
+    ),
 }
 
 
@@ -202,7 +225,12 @@ def test_head_limit_holds_for_a_trickled_head() -> None:
 
 def test_body_over_the_limit_while_streaming_in() -> None:
     """A chunked body that grows past max_body_size makes body() raise 413."""
-    data = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + b"400\r\n" + b"x" * 1024 + b"\r\n"
+    data = (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"400\r\n"
+        + b"x" * 1024
+        + b"\r\n"
+    )
     wire = feed(data * 1, [], echo, max_body_size=1000)
     [response] = parse_responses(wire)
     assert response["status"] == 413

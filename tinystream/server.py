@@ -114,10 +114,19 @@ class ServerContext:
         self.requests_served = 0
         #: Called after each connection closes (graceful shutdown waits with it).
         self.on_connection_closed: Callable[[], None] | None = None
+        #: Futures of ``Server.wait_stats`` callers, resolved whenever a statistic
+        #: changes. Empty in production, so notifying costs one truth test.
+        self.stats_waiters: list[asyncio.Future[None]] = []
         base: list[tuple[bytes, bytes]] = []
         if config.server_header:
             base.append((b"server", config.server_header.encode("latin-1")))
         self.base_headers = base
+
+    def notify_stats(self) -> None:
+        waiters, self.stats_waiters = self.stats_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def response_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """A response's fields plus ``Date``, ``Server`` and (stopping) ``Connection: close``."""
@@ -185,6 +194,8 @@ class HTTPConnection(asyncio.Protocol):
         self._over_capacity = len(self.ctx.connections) > config.max_connections
         # A connection that never sends a byte is closed like an idle keep-alive one.
         self._set_deadline(config.keep_alive_timeout, self._on_idle_timeout)
+        if self.ctx.stats_waiters:
+            self.ctx.notify_stats()
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -232,6 +243,8 @@ class HTTPConnection(asyncio.Protocol):
             self.exchange.client_gone()
         if self.ctx.on_connection_closed is not None:
             self.ctx.on_connection_closed()
+        if self.ctx.stats_waiters:
+            self.ctx.notify_stats()
 
     def pause_writing(self) -> None:
         assert self.flow is not None
@@ -240,11 +253,15 @@ class HTTPConnection(asyncio.Protocol):
             self._stall_timer = self.ctx.loop.call_later(
                 self._config.write_stall_timeout, self._on_write_stall
             )
+        if self.ctx.stats_waiters:
+            self.ctx.notify_stats()
 
     def resume_writing(self) -> None:
         assert self.flow is not None
         self.flow.resume_writing()
         self._cancel_stall_timer()
+        if self.ctx.stats_waiters:
+            self.ctx.notify_stats()
 
     # The h11 loop
 
@@ -321,6 +338,8 @@ class HTTPConnection(asyncio.Protocol):
     def exchange_finished(self, exchange: _Exchange) -> None:
         self.exchange = None
         self.ctx.requests_served += 1
+        if self.ctx.stats_waiters:
+            self.ctx.notify_stats()
         if self.state is not ConnState.ACTIVE:
             return
         conn = self.h11
@@ -668,6 +687,8 @@ class _Exchange:
         assert transport is not None
         source = self._open_source(response.content)
         ctx.open_streams += 1
+        if ctx.stats_waiters:
+            ctx.notify_stats()
         try:
             if transport.is_closing():
                 return
@@ -695,6 +716,8 @@ class _Exchange:
         finally:
             ctx.open_streams -= 1
             await _close_source(source)
+            if ctx.stats_waiters:
+                ctx.notify_stats()
 
     def _open_source(self, content: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
         if isinstance(content, AsyncIterable):

@@ -83,6 +83,33 @@ class Server:
             requests_served=self._ctx.requests_served,
         )
 
+    async def wait_stats(
+        self, predicate: Callable[[ServerStats], bool], timeout: float | None = None
+    ) -> ServerStats:
+        """Wait until ``predicate(self.stats())`` is true; return those stats.
+
+        Re-checked whenever a connection opens or closes, a stream starts or ends,
+        a request ends, or a writer is paused or resumed - never by polling.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            stats = self.stats()
+            if predicate(stats):
+                return stats
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._ctx.stats_waiters.append(waiter)
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"server stats never matched; last: {stats}")
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"server stats never matched; last: {self.stats()}") from None
+
     def is_shutting_down(self) -> bool:
         return self._ctx.shutting_down.is_set()
 

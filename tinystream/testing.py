@@ -158,6 +158,14 @@ class ClientConnection:
         self._writer.write(data)
         await self._writer.drain()
 
+    async def read_raw(self, size: int = READ_SIZE) -> bytes:
+        """The next bytes from the socket, unparsed (``b""`` once the server closed)."""
+        pending = self._take_unparsed()
+        if pending:
+            self._h11 = h11.Connection(h11.CLIENT)  # raw mode: drop the parser's copy
+            return pending[0]
+        return await self._read(size)
+
     async def read_raw_until_close(self, limit: int = 1 << 24) -> bytes:
         """Every byte the server sends until it closes the connection."""
         chunks = [piece for piece in self._take_unparsed()]
@@ -222,8 +230,16 @@ class ClientConnection:
         elif body is not None:
             fields.append(("Transfer-Encoding", "chunked"))
             chunks = body
-        request = h11.Request(method=method, target=path, headers=fields, http_version=http_version)
-        self._writer.write(self._h11.send(request) or b"")
+        if http_version == "1.0" and body is not None and not isinstance(body, (bytes, bytearray)):
+            raise ValueError("HTTP/1.0 has no chunked request bodies")
+        head = self._h11.send(h11.Request(method=method, target=path, headers=fields)) or b""
+        if http_version != "1.1":
+            # h11 only sends HTTP/1.1; the version on the request line is all that
+            # differs, and h11 reads the response the same either way.
+            line_end = head.index(b"\r\n")
+            version = f"HTTP/{http_version}".encode()
+            head = head[:line_end].replace(b"HTTP/1.1", version) + head[line_end:]
+        self._writer.write(head)
         expect_continue = "expect" in names
         if not expect_continue:
             for chunk in chunks:
