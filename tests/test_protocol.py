@@ -71,11 +71,19 @@ def test_streamed_body_survives_any_socket_boundaries(chunks: list[bytes], cuts:
         out.append(decoder.feed(body_wire[start:cut]))
         start = cut
     assert b"".join(out) == b"".join(chunks)
-    assert decoder.done
+    # Ended exactly at the end: an early zero-length chunk would leave bytes unused.
+    assert decoder.done and decoder.unused == b""
     # h11 as the client.
     [response] = parse_responses(wire)
     assert response["complete"] and response["body"] == b"".join(chunks)
-    assert b"0\r\n\r\n" not in body_wire[:-5]  # never an early zero-length chunk
+
+
+def without_date(responses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Two runs may straddle a second boundary; Date is the one field allowed to differ.
+    for response in responses:
+        response["headers"].pop(b"date", None)
+        response["raw_headers"] = [f for f in response["raw_headers"] if f[0] != b"date"]
+    return responses
 
 
 # Property 2: any valid request, split anywhere, is the same request.
@@ -121,8 +129,8 @@ def encode_request(
 def test_request_survives_any_split(request: tuple[Any, ...], cuts: list[int]) -> None:
     method, path, fields, body, chunked = request
     data = encode_request(method, path, fields, body, chunked)
-    whole = parse_responses(feed(data, [], echo), [method.encode()])
-    split = parse_responses(feed(data, cuts, echo), [method.encode()])
+    whole = without_date(parse_responses(feed(data, [], echo), [method.encode()]))
+    split = without_date(parse_responses(feed(data, cuts, echo), [method.encode()]))
     assert whole == split
     [response] = whole
     assert response["status"] == 200 and response["body"] == body
@@ -153,7 +161,9 @@ def test_every_split_point_of_fixtures_gives_identical_responses() -> None:
     """The exhaustive complement to the properties: every cut of a few fixtures."""
     for fixture in (SIMPLE_GET, POST_CL, POST_CHUNKED, SIMPLE_GET + POST_CHUNKED):
         expected = feed(fixture, [], echo)
-        strip = lambda wire: b"".join(l for l in wire.split(b"\r\n") if not l.startswith(b"date:"))  # noqa: E731
+        strip = lambda wire: b"".join(
+            ln for ln in wire.split(b"\r\n") if not ln.startswith(b"date:")
+        )  # noqa: E731
         for cut in range(len(fixture) + 1):
             assert strip(feed(fixture, [cut], echo)) == strip(expected), (fixture, cut)
 
