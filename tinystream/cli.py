@@ -8,6 +8,7 @@ import contextlib
 import importlib
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -88,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
     try:
         handler = load_handler(args.handler)
     except HandlerError as exc:
@@ -135,18 +136,22 @@ def _supervise(handler: Any, host: str, port: int, workers: int, options: dict[s
     anchor.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     anchor.bind((host, port))
     port = anchor.getsockname()[1]
-    scheme = "https" if options.get("certfile") else "http"
-    shown = f"[{host}]" if ":" in host else host
-    logger.info("tinystream listening on %s://%s:%d (%d workers)", scheme, shown, port, workers)
     children: dict[int, int] = {}  # pid -> worker number
+    ready_read, ready_write = os.pipe()
 
     def spawn(number: int) -> None:
         pid = os.fork()
         if pid == 0:
             anchor.close()
+            os.close(ready_read)
             # A terminal's Ctrl-C reaches the whole process group; only the parent
             # acts on it (it sends us SIGTERM), or one keypress would count twice.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+            def report_ready(server: Any) -> None:
+                logger.debug("worker %d (pid %d) listening", number, os.getpid())
+                os.write(ready_write, b"!")
+
             code = 0
             try:
                 asyncio.run(
@@ -156,6 +161,7 @@ def _supervise(handler: Any, host: str, port: int, workers: int, options: dict[s
                         port,
                         {**options, "reuse_port": True},
                         signals=(signal.SIGTERM,),
+                        on_ready=report_ready,
                     )
                 )
             except BaseException:
@@ -167,6 +173,25 @@ def _supervise(handler: Any, host: str, port: int, workers: int, options: dict[s
 
     for number in range(workers):
         spawn(number)
+    # Announce the URL only once every worker listens, so a client that connects
+    # as soon as it reads the line is never refused.
+    announced = 0
+    while announced < workers:
+        readable, _, _ = select.select([ready_read], [], [], 0.2)
+        if readable:
+            announced += len(os.read(ready_read, workers))
+            continue
+        pid, _status = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            # A worker died before listening (its traceback is above): stop them all.
+            logger.error("tinystream: error: worker %d exited during start-up", children[pid])
+            for other in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(other, signal.SIGKILL)
+            return 1
+    scheme = "https" if options.get("certfile") else "http"
+    shown = f"[{host}]" if ":" in host else host
+    logger.info("tinystream listening on %s://%s:%d (%d workers)", scheme, shown, port, workers)
     stopping = 0
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -289,10 +289,14 @@ async def _run_until_signal(
     kwargs: dict[str, Any],
     *,
     signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
+    on_ready: Callable[[Server], None] | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     server = await start_server(handler, host, port, **kwargs)
-    logger.info("tinystream listening on %s", server.url)
+    if on_ready is None:
+        logger.info("tinystream listening on %s", server.url)
+    else:
+        on_ready(server)
     stop = asyncio.Event()
     received = 0
 
