@@ -24,7 +24,8 @@ app = Router()
 PAGE = """<!doctype html>
 <meta charset="utf-8"><title>tinystream demo</title>
 <h1>tinystream demo</h1>
-<p>This page reads <code>/clock</code> with <code>fetch</code> and shows each chunk as it arrives.</p>
+<p>This page reads <code>/clock</code> with <code>fetch</code>
+ and shows each chunk as it arrives.</p>
 <pre id="out"></pre>
 <script>
 (async () => {

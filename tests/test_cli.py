@@ -197,7 +197,8 @@ async def test_unix_socket(app_dir: Path, tmp_path: Path) -> None:
 
 async def test_tls(app_dir: Path, tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
+    await asyncio.to_thread(
+        subprocess.run,
         [
             "openssl",
             "req",
