@@ -605,3 +605,29 @@ async def test_client_connection_can_open_directly() -> None:
         conn = await ClientConnection.open("127.0.0.1", client.port)
         assert (await conn.request("GET", "/")).status == 200
         await conn.close()
+
+
+async def test_client_that_closes_is_noticed_at_the_next_write() -> None:
+    """A FIN could be a half-close; the write after it tells, and the producer stops."""
+    probe = Probe()
+    tick = asyncio.Event()
+
+    async def handler(request: Request) -> StreamingResponse:
+        async def ticks() -> AsyncIterator[bytes]:
+            try:
+                yield b"first\n"
+                await tick.wait()
+                yield b"second\n"
+                await asyncio.Event().wait()
+            finally:
+                probe.finished.set()
+
+        return StreamingResponse(ticks())
+
+    async with serve_for_test(handler) as client:
+        async with client.stream("GET", "/") as response:
+            async for _ in response.aiter_bytes():
+                break
+            await response.close()  # FIN, no reset
+            tick.set()  # the next write reaches a closed socket
+            await wait(probe.finished, 2.0)  # well before the shutdown at the end of the block

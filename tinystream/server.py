@@ -40,6 +40,7 @@ import asyncio
 import enum
 import inspect
 import logging
+import socket
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from email.utils import formatdate
@@ -69,6 +70,11 @@ Handler = Callable[[Request], Awaitable[AnyResponse] | AnyResponse]
 #: The streaming loop yields to the event loop after this many writes that did not
 #: fill the transport, so other connections and ``connection_lost`` get to run.
 YIELD_EVERY = 32  # writes
+#: After a write on a half-closed connection, check this much later whether the
+#: peer answered it with a reset, i.e. it had really closed, not half-closed.
+#: Loopback and LAN round trips are far below this; a distant client is caught by
+#: its next write instead.
+RESET_CHECK_DELAY = 0.02  # seconds
 #: After an error response we stop writing and read (and drop) what the client
 #: still sends for this long, so it can read our response before the socket closes
 #: (closing with unread input makes the kernel send RST, which can destroy it).
@@ -167,7 +173,8 @@ class HTTPConnection(asyncio.Protocol):
         self.client: tuple[str, int] | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
-        self._client_eof = False
+        self.client_eof = False
+        self._reset_check: asyncio.TimerHandle | None = None
         self._keep_alive = True
         self._pipelined = 0
         self._over_capacity = False
@@ -222,7 +229,7 @@ class HTTPConnection(asyncio.Protocol):
         self._handle_events()
 
     def eof_received(self) -> bool:
-        self._client_eof = True
+        self.client_eof = True
         if self.state is not ConnState.ACTIVE and self.state is not ConnState.HEAD:
             return False  # nothing in progress: let the transport close
         self.h11.receive_data(b"")
@@ -236,6 +243,8 @@ class HTTPConnection(asyncio.Protocol):
         self.state = ConnState.CLOSED
         self._cancel_deadline()
         self._cancel_stall_timer()
+        if self._reset_check is not None:
+            self._reset_check.cancel()
         self.ctx.connections.discard(self)
         if self.flow is not None:
             self.flow.release()
@@ -347,7 +356,7 @@ class HTTPConnection(asyncio.Protocol):
             conn.our_state is h11.DONE
             and conn.their_state is h11.DONE
             and self._keep_alive
-            and not self._client_eof
+            and not self.client_eof
             and not self.ctx.shutting_down.is_set()
         ):
             self._next_cycle()
@@ -376,6 +385,34 @@ class HTTPConnection(asyncio.Protocol):
             self._refuse(exc.status, exc.reason)
             return
         self._handle_events()
+
+    def wrote_after_eof(self) -> None:
+        """A body write went to a client that sent EOF: did it really leave?
+
+        A FIN means either "I will send no more" (half-close: keep answering) or
+        "I am gone". Only a write tells them apart - a gone peer answers it with a
+        reset - but asyncio stops reading after EOF, so the reset would surface
+        only when a *second* write fails. We look at the socket's pending error
+        shortly after the write instead.
+        """
+        if self._reset_check is None:
+            self._reset_check = self.ctx.loop.call_later(RESET_CHECK_DELAY, self._check_reset)
+
+    def _check_reset(self) -> None:
+        self._reset_check = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return
+        try:
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError:
+            error = 1
+        if error:
+            logger.debug("client %s had closed its connection", self.client)
+            self._abort()
 
     def must_close(self) -> None:
         """Do not reuse this connection after the current response."""
@@ -772,6 +809,8 @@ class _Exchange:
                         h11_conn.send_with_data_passthrough(h11.Data(data=chunk))
                     transport.write(chunk)
                 sent += size
+                if conn.client_eof:
+                    conn.wrote_after_eof()
                 if flow.write_paused:
                     writes = 0
                     await flow.wait_writable()
