@@ -293,3 +293,55 @@ def test_unread_body_pauses_reading_until_the_handler_reads() -> None:
         assert parse_responses(bytes(transport.written))[0]["body"] == b"5000"
 
     asyncio.run(scenario())
+
+
+def test_100_continue_waits_for_the_handler_to_read() -> None:
+    async def scenario() -> None:
+        go = asyncio.Event()
+        entered = asyncio.Event()
+
+        async def handler(request: Request) -> Response:
+            entered.set()
+            await go.wait()
+            return Response(await request.body())
+
+        protocol, transport = make_connection(handler)
+        protocol.data_received(
+            b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+        )
+        await asyncio.wait_for(entered.wait(), 5)
+        assert transport.written == b""  # not before the handler asks for the body
+        go.set()
+        await asyncio.sleep(0)
+        assert transport.written == b"HTTP/1.1 100 \r\n\r\n"
+        protocol.data_received(b"ok")
+        await settle(protocol)
+        assert transport.written.endswith(b"\r\n\r\nok")
+
+    asyncio.run(scenario())
+
+
+def test_producer_is_closed_even_if_the_client_left_before_it_started() -> None:
+    async def scenario() -> None:
+        closed = asyncio.Event()
+
+        class Producer:
+            def __aiter__(self) -> Producer:
+                return self
+
+            async def __anext__(self) -> bytes:
+                raise AssertionError("never pulled: the client is gone")
+
+            async def aclose(self) -> None:
+                closed.set()
+
+        async def handler(request: Request) -> StreamingResponse:
+            transport.close()  # the client vanishes while the handler works
+            return StreamingResponse(Producer())
+
+        protocol, transport = make_connection(handler)
+        protocol.data_received(SIMPLE_GET)
+        await settle(protocol)
+        assert closed.is_set()
+
+    asyncio.run(scenario())

@@ -12,7 +12,7 @@ from urllib.parse import unquote_to_bytes
 from .datastructures import Headers, QueryParams
 from .errors import HTTPError
 
-__all__ = ["BodyReader", "Request", "parse_target"]
+__all__ = ["BodyReader", "Disconnect", "Request", "parse_target"]
 
 # A '%' not followed by two hex digits (RFC 3986 §2.1).
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -136,6 +136,33 @@ class BodyReader:
                 self._waiter = None
 
 
+class Disconnect:
+    """The "client went away" signal of one request, made cheap for the common case.
+
+    Most requests finish long before anyone asks whether the client left, so no
+    event object is allocated until someone waits.
+    """
+
+    __slots__ = ("_waiter", "happened")
+
+    def __init__(self) -> None:
+        self.happened = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self.happened = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self) -> None:
+        if self.happened:
+            return
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        # shield: one waiter being cancelled must not cancel the shared future.
+        await asyncio.shield(self._waiter)
+
+
 def _empty_body() -> BodyReader:
     reader = BodyReader(lambda _unread: None, None)
     reader.finish()
@@ -182,7 +209,7 @@ class Request:
         http_version: str = "1.1",
         client: tuple[str, int] | None = None,
         body: BodyReader | None = None,
-        disconnected: asyncio.Event | None = None,
+        disconnected: Disconnect | None = None,
         shutting_down: asyncio.Event | None = None,
     ) -> None:
         self.method = method
@@ -196,7 +223,7 @@ class Request:
         self._body = body if body is not None else _empty_body()
         self._body_cache: bytes | None = None
         self._streamed = False
-        self._disconnected = disconnected if disconnected is not None else asyncio.Event()
+        self._disconnected = disconnected if disconnected is not None else Disconnect()
         self._shutting_down = shutting_down if shutting_down is not None else asyncio.Event()
 
     @classmethod
@@ -210,7 +237,7 @@ class Request:
         http_version: str,
         client: tuple[str, int] | None,
         body: BodyReader,
-        disconnected: asyncio.Event,
+        disconnected: Disconnect,
         shutting_down: asyncio.Event,
     ) -> Request:
         # The connection has already validated and split the target: skip __init__.
@@ -292,7 +319,7 @@ class Request:
 
     def is_disconnected(self) -> bool:
         """True once the client has gone away."""
-        return self._disconnected.is_set()
+        return self._disconnected.happened
 
     async def wait_disconnected(self) -> None:
         """Return when the client goes away."""

@@ -56,7 +56,7 @@ from .chunked import LAST_CHUNK, SMALL_CHUNK, chunk_pieces
 from .config import Config
 from .datastructures import Headers
 from .errors import ClientDisconnected, HTTPError
-from .request import BodyReader, Request, parse_target
+from .request import BodyReader, Disconnect, Request, parse_target
 from .responses import FileResponse, Response, StreamingResponse
 
 __all__ = ["HTTPConnection", "Handler", "ServerContext"]
@@ -547,7 +547,7 @@ class _Exchange:
         self.time_start = time.perf_counter()
         self.body = BodyReader(self._on_unread, self._on_first_read)
         self.body_received = 0
-        self.disconnected = asyncio.Event()
+        self.disconnected = Disconnect()
         self.request = Request._from_parser(
             method,
             event.target.decode("ascii"),
