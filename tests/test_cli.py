@@ -113,16 +113,22 @@ async def test_serves_and_stops_gracefully_on_sigterm(app_dir: Path) -> None:
         assert await asyncio.wait_for(process.wait(), TIMEOUT) == 0
 
 
+async def open_endless_stream(port: int) -> ClientConnection:
+    """A connection with /forever streaming on it, its first chunk already read."""
+    conn = await ClientConnection.open("127.0.0.1", port)
+    response = await conn.start("GET", "/forever")
+    async for _ in response.aiter_bytes():
+        break
+    return conn
+
+
 async def test_open_stream_does_not_hang_shutdown(app_dir: Path) -> None:
     async with serving(app_dir, "cliapp:app", "--port", "0", "--graceful-timeout", "0.5") as (
         process,
         _,
         port,
     ):
-        conn = await ClientConnection.open("127.0.0.1", port)
-        response = await conn.start("GET", "/forever")
-        async for _ in response.aiter_bytes():
-            break
+        conn = await open_endless_stream(port)
         process.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(process.wait(), TIMEOUT) == 0
         await conn.close()
@@ -134,10 +140,7 @@ async def test_second_signal_exits_at_once(app_dir: Path) -> None:
         _,
         port,
     ):
-        conn = await ClientConnection.open("127.0.0.1", port)
-        response = await conn.start("GET", "/forever")
-        async for _ in response.aiter_bytes():
-            break
+        conn = await open_endless_stream(port)
         process.send_signal(signal.SIGINT)
         assert process.stderr is not None
         # Wait until the first signal was taken, then send the second.

@@ -212,23 +212,24 @@ class Request:
         disconnected: Disconnect | None = None,
         shutting_down: asyncio.Event | None = None,
     ) -> None:
-        self.method = method
-        self.target = target
-        self.path, self.query = parse_target(method.encode("ascii"), target.encode("ascii"))
-        self.headers = headers if headers is not None else Headers()
-        self.http_version = http_version
-        self.client = client
-        self.path_params: dict[str, str] = {}
-        self._query_params: QueryParams | None = None
-        self._body = body if body is not None else _empty_body()
-        self._body_cache: bytes | None = None
-        self._streamed = False
-        self._disconnected = disconnected if disconnected is not None else Disconnect()
-        self._shutting_down = shutting_down if shutting_down is not None else asyncio.Event()
+        path, query = parse_target(method.encode("ascii"), target.encode("ascii"))
+        self._setup(
+            method,
+            target,
+            path,
+            query,
+            headers if headers is not None else Headers(),
+            http_version,
+            client,
+            body if body is not None else _empty_body(),
+            disconnected if disconnected is not None else Disconnect(),
+            shutting_down if shutting_down is not None else asyncio.Event(),
+        )
 
-    @classmethod
-    def _from_parser(
-        cls,
+    def _setup(
+        # Also called by the connection on a bare ``Request.__new__``: it has
+        # validated and split the target already, so __init__'s parsing is skipped.
+        self,
         method: str,
         target: str,
         path: str,
@@ -239,24 +240,21 @@ class Request:
         body: BodyReader,
         disconnected: Disconnect,
         shutting_down: asyncio.Event,
-    ) -> Request:
-        # The connection has already validated and split the target: skip __init__.
-        request = cls.__new__(cls)
-        request.method = method
-        request.target = target
-        request.path = path
-        request.query = query
-        request.headers = headers
-        request.http_version = http_version
-        request.client = client
-        request.path_params = {}
-        request._query_params = None
-        request._body = body
-        request._body_cache = None
-        request._streamed = False
-        request._disconnected = disconnected
-        request._shutting_down = shutting_down
-        return request
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.http_version = http_version
+        self.client = client
+        self.path_params: dict[str, str] = {}
+        self._query_params: QueryParams | None = None
+        self._body = body
+        self._body_cache: bytes | None = None
+        self._streamed = False
+        self._disconnected = disconnected
+        self._shutting_down = shutting_down
 
     @property
     def query_params(self) -> QueryParams:

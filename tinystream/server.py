@@ -210,14 +210,8 @@ class HTTPConnection(asyncio.Protocol):
             return
         if self._guard.active:
             if state is ConnState.WAITING:
-                # First byte of a head: the header deadline runs from here and is
-                # not extended by later bytes (a trickled head is cut off).
-                self.state = ConnState.HEAD
-                self._set_deadline(self._config.header_timeout, self._on_header_timeout)
-            try:
-                self._guard.feed(data)
-            except HeadRejected as exc:
-                self._refuse(exc.status, exc.reason)
+                self._start_head()
+            if not self._check_head(data):
                 return
         elif self.h11.their_state is h11.DONE:
             # The next request, sent before we finished answering this one.
@@ -377,14 +371,24 @@ class HTTPConnection(asyncio.Protocol):
             self._set_deadline(self._config.keep_alive_timeout, self._on_idle_timeout)
             return
         # A pipelined request is already buffered: check its head, then parse it.
+        self._start_head()
+        if self._check_head(pending):
+            self._handle_events()
+
+    def _start_head(self) -> None:
+        # The first byte of a head has arrived: the header deadline runs from here
+        # and later bytes do not extend it, so a trickled head is cut off.
         self.state = ConnState.HEAD
         self._set_deadline(self._config.header_timeout, self._on_header_timeout)
+
+    def _check_head(self, data: bytes) -> bool:
+        """Show head bytes to the guard; False if it refused the request (answered)."""
         try:
-            self._guard.feed(pending)
+            self._guard.feed(data)
         except HeadRejected as exc:
             self._refuse(exc.status, exc.reason)
-            return
-        self._handle_events()
+            return False
+        return True
 
     def wrote_after_eof(self) -> None:
         """A body write went to a client that sent EOF: did it really leave?
@@ -548,7 +552,8 @@ class _Exchange:
         self.body = BodyReader(self._on_unread, self._on_first_read)
         self.body_received = 0
         self.disconnected = Disconnect()
-        self.request = Request._from_parser(
+        self.request = request = Request.__new__(Request)  # target already parsed: no __init__
+        request._setup(
             method,
             event.target.decode("ascii"),
             path,
