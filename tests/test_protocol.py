@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -345,3 +346,25 @@ def test_producer_is_closed_even_if_the_client_left_before_it_started() -> None:
         assert closed.is_set()
 
     asyncio.run(scenario())
+
+
+def test_a_protocol_error_mid_body_logs_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    """The refused request is logged once, with its method and target."""
+    caplog.set_level(logging.INFO, logger="tinystream.access")
+
+    async def scenario() -> None:
+        async def reader(request: Request) -> Response:
+            return Response(await request.body())
+
+        protocol, transport = make_connection(reader)
+        protocol.data_received(
+            b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        await asyncio.sleep(0)
+        protocol.data_received(b"zz\r\n")  # not a chunk size
+        await settle(protocol)
+        assert parse_responses(bytes(transport.written))[0]["status"] == 400
+
+    asyncio.run(scenario())
+    lines = [r.getMessage() for r in caplog.records if r.name == "tinystream.access"]
+    assert len(lines) == 1 and '"POST /upload HTTP/1.1" 400' in lines[0]

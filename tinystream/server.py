@@ -438,6 +438,7 @@ class HTTPConnection(asyncio.Protocol):
     def _refuse(self, status: int, reason: str) -> None:
         """Answer with an error (if no response has started), then close lingeringly."""
         exchange = self.exchange
+        method = target = version = "-"
         if exchange is not None:
             if exchange.started:
                 # Too late for a status line: cut the response short instead.
@@ -445,6 +446,8 @@ class HTTPConnection(asyncio.Protocol):
                 self._abort()
                 return
             exchange.abandon()
+            request = exchange.request
+            method, target, version = request.method, request.target, request.http_version
         assert self.transport is not None and self.flow is not None
         body = f"{status} {_PHRASES.get(status, b'Error').decode()}: {reason}\n".encode()
         headers = [
@@ -467,7 +470,7 @@ class HTTPConnection(asyncio.Protocol):
             self._abort()
             return
         self.transport.write(data)
-        _log_access(self, "-", "-", "-", status, len(body), 0.0, "error")
+        _log_access(self, method, target, version, status, len(body), 0.0, "error")
         # Lingering close: shut our write side, drop what the client still sends.
         self.state = ConnState.DRAINING
         if not self.transport.can_write_eof():
@@ -672,20 +675,26 @@ class _Exchange:
             self.outcome = "error"
             conn._abort()
         finally:
-            if self.outcome is None:
-                self.outcome = "complete"
-            _log_access(
-                conn,
-                request.method,
-                request.target,
-                request.http_version,
-                self.status,
-                self.bytes_sent,
-                time.perf_counter() - self.time_start,
-                self.outcome,
-            )
+            # An abandoned exchange (a protocol error took over) was answered and
+            # logged by the connection; every other one ends here, exactly once.
             if conn.exchange is self:
-                conn.exchange_finished(self)
+                self._finish()
+
+    def _finish(self) -> None:
+        if self.outcome is None:
+            self.outcome = "complete"
+        request = self.request
+        _log_access(
+            self.conn,
+            request.method,
+            request.target,
+            request.http_version,
+            self.status,
+            self.bytes_sent,
+            time.perf_counter() - self.time_start,
+            self.outcome,
+        )
+        self.conn.exchange_finished(self)
 
     def _head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
         self.status = status
