@@ -12,21 +12,28 @@ from .request import Request
 from .responses import FileResponse, JSONResponse, Response, StreamingResponse
 from .routing import Router
 from .serving import Server, ServerStats, run, serve, start_server
+from .sse import EventStreamDecoder, ServerSentEvent
+from .streams import EventSourceResponse, NDJSONResponse, negotiate_stream
 
 __all__ = [
     "ClientDisconnected",
     "Config",
+    "EventSourceResponse",
+    "EventStreamDecoder",
     "FileResponse",
     "HTTPError",
     "Headers",
     "JSONResponse",
+    "NDJSONResponse",
     "QueryParams",
     "Request",
     "Response",
     "Router",
     "Server",
+    "ServerSentEvent",
     "ServerStats",
     "StreamingResponse",
+    "negotiate_stream",
     "run",
     "serve",
     "start_server",

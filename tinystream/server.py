@@ -58,6 +58,8 @@ from .datastructures import Headers
 from .errors import ClientDisconnected, HTTPError
 from .request import BodyReader, Disconnect, Request, parse_target
 from .responses import FileResponse, Response, StreamingResponse
+from .sse import PING
+from .streams import EventSourceResponse
 
 __all__ = ["HTTPConnection", "Handler", "ServerContext"]
 
@@ -228,6 +230,8 @@ class HTTPConnection(asyncio.Protocol):
             return False  # nothing in progress: let the transport close
         self.h11.receive_data(b"")
         self._handle_events()
+        if self.exchange is not None:
+            self.exchange.probe_event_stream()
         # A client that half-closed after sending its request still gets the whole
         # response: keep our side open. (A client that really left is noticed when
         # a write fails, which calls connection_lost.)
@@ -518,9 +522,14 @@ class HTTPConnection(asyncio.Protocol):
     # Shutdown
 
     def begin_shutdown(self) -> None:
-        """Stop reusing this connection; close it now if it is between requests."""
+        """Stop reusing this connection; close it now if it is between requests.
+
+        An open event stream is ended cleanly at once (it has a way to say so).
+        """
         if self.state is ConnState.WAITING:
             self._close()
+        elif self.exchange is not None:
+            self.exchange.shutdown_event_stream()
 
     def force_close(self) -> None:
         """The grace period is over: end whatever is in flight."""
@@ -538,7 +547,11 @@ class _Exchange:
         "bytes_sent",
         "conn",
         "disconnected",
+        "event_stream",
+        "last_write",
+        "mode",
         "outcome",
+        "ping_timer",
         "request",
         "started",
         "status",
@@ -573,6 +586,11 @@ class _Exchange:
         self.started = False  # the status line has been written
         self.outcome: str | None = None
         self.task: asyncio.Task[None] | None = None
+        # Streaming state
+        self.mode = 0  # body framing of a streaming response, once its head is sent
+        self.event_stream: EventSourceResponse | None = None
+        self.ping_timer: asyncio.TimerHandle | None = None
+        self.last_write = 0.0  # loop time of the last body write (for pings)
 
     def start(self) -> None:
         ctx = self.conn.ctx
@@ -600,6 +618,7 @@ class _Exchange:
         """``connection_lost``: stop the handler and its producer now."""
         if self.outcome is None:
             self.outcome = "client_gone"
+        self._stop_pings()
         self.disconnected.set()
         self.body.fail(ClientDisconnected("client disconnected"))
         if self.task is not None and not self.task.done():
@@ -754,21 +773,109 @@ class _Exchange:
                 conn.h11.send(h11.EndOfMessage())
                 return
             if length is not None:
-                mode = _LENGTH
+                self.mode = _LENGTH
             elif conn.h11.their_http_version == b"1.1":
-                mode = _CHUNKED
+                self.mode = _CHUNKED
             else:
-                mode = _CLOSE  # HTTP/1.0: the body ends when we close (h11 knows)
-            if not await self._pump(source, mode):
+                self.mode = _CLOSE  # HTTP/1.0: the body ends when we close (h11 knows)
+            if isinstance(response, EventSourceResponse) and not self._start_event_stream(response):
+                return  # the server was already stopping: the stream ended at once
+            if not await self._pump(source):
                 return  # the client left mid-stream; connection_lost cancels us
-            if mode is _CHUNKED:
-                transport.write(LAST_CHUNK)
-            conn.h11.send(h11.EndOfMessage())
+            self._end_body()
         finally:
+            self._stop_pings()
             ctx.open_streams -= 1
             await _close_source(source)
             if ctx.stats_waiters:
                 ctx.notify_stats()
+
+    def _end_body(self) -> None:
+        if self.mode is _CHUNKED:
+            assert self.conn.transport is not None
+            self.conn.transport.write(LAST_CHUNK)
+        self.conn.h11.send(h11.EndOfMessage())
+
+    def write_body(self, data: bytes) -> None:
+        """Write body bytes outside the producer loop (pings, a last event)."""
+        transport = self.conn.transport
+        assert transport is not None
+        if self.mode is _CHUNKED:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            transport.write(data)
+        self.bytes_sent += len(data)
+        self.last_write = self.conn.ctx.loop.time()
+        if self.conn.client_eof:
+            self.conn.wrote_after_eof()
+
+    # Server-Sent Events: pings, the shutdown event, probing after EOF
+
+    def _start_event_stream(self, response: EventSourceResponse) -> bool:
+        """Prelude and ping timer; False when the server is already stopping."""
+        self.event_stream = response
+        if response.prelude:
+            self.write_body(response.prelude)
+        if self.conn.ctx.shutting_down.is_set():
+            self._end_event_stream()
+            return False
+        if response.ping is not None:
+            self.last_write = self.conn.ctx.loop.time()
+            self.ping_timer = self.conn.ctx.loop.call_at(
+                self.last_write + response.ping, self._on_ping_timer
+            )
+        return True
+
+    def _on_ping_timer(self) -> None:
+        # Ping only after `ping` seconds without any write: every event resets the
+        # clock, so a busy stream never carries pings.
+        stream = self.event_stream
+        assert stream is not None and stream.ping is not None
+        now = self.conn.ctx.loop.time()
+        if now - self.last_write >= stream.ping * 0.999:  # timers may fire a hair early
+            transport = self.conn.transport
+            if transport is None or transport.is_closing():
+                return
+            self.write_body(PING)
+        self.ping_timer = self.conn.ctx.loop.call_at(
+            self.last_write + stream.ping, self._on_ping_timer
+        )
+
+    def _stop_pings(self) -> None:
+        if self.ping_timer is not None:
+            self.ping_timer.cancel()
+            self.ping_timer = None
+
+    def _end_event_stream(self) -> None:
+        stream = self.event_stream
+        assert stream is not None
+        self._stop_pings()
+        self.write_body(stream.shutdown_event.encode())
+        self._end_body()
+        self.outcome = "shutdown"
+
+    def shutdown_event_stream(self) -> bool:
+        """The server is stopping: end an open event stream cleanly, now.
+
+        Sends the stream's last event and the end of the body, then cancels the
+        task, which closes the producer (its ``finally`` runs). The browser sees a
+        clean end and reconnects - to a restarted server or another instance -
+        with ``Last-Event-ID``. Returns False if this is not an open event stream.
+        """
+        if self.event_stream is None or self.conn.h11.our_state is not h11.SEND_BODY:
+            return False
+        transport = self.conn.transport
+        if transport is None or transport.is_closing():
+            return False
+        self._end_event_stream()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        return True
+
+    def probe_event_stream(self) -> None:
+        """The client sent EOF: a ping now tells a half-close from a client that left."""
+        if self.event_stream is not None and self.conn.h11.our_state is h11.SEND_BODY:
+            self.write_body(PING)
 
     def _open_source(self, content: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
         if isinstance(content, AsyncIterable):
@@ -795,8 +902,11 @@ class _Exchange:
         finally:
             pump.close()
 
-    async def _pump(self, source: AsyncIterator[Any], mode: int) -> bool:
+    async def _pump(self, source: AsyncIterator[Any]) -> bool:
         """Write every item of ``source``; False if the client went away first."""
+        mode = self.mode
+        track_time = self.ping_timer is not None
+        loop_time = self.conn.ctx.loop.time
         conn = self.conn
         transport = conn.transport
         flow = conn.flow
@@ -823,6 +933,8 @@ class _Exchange:
                         h11_conn.send_with_data_passthrough(h11.Data(data=chunk))
                     transport.write(chunk)
                 sent += size
+                if track_time:
+                    self.last_write = loop_time()
                 if conn.client_eof:
                     conn.wrote_after_eof()
                 if flow.write_paused:

@@ -1,0 +1,279 @@
+"""Streaming formats built on StreamingResponse: Server-Sent Events and NDJSON.
+
+Both turn a producer of *objects* into a producer of *bytes* through a thin wrapper
+that keeps the server's guarantees: a sync producer still runs in a worker thread
+(the wrapper is a sync generator too), and closing the wrapper closes the producer.
+
+What an :class:`EventSourceResponse` adds on the server side - pings while idle,
+a last event at shutdown, probing a client that sent EOF - lives in the connection
+(:mod:`tinystream.server`), which owns the transport and the timers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from .responses import HeadersArg, StreamingResponse
+from .sse import ServerSentEvent, encode_data
+
+__all__ = ["EventSourceResponse", "NDJSONResponse", "negotiate_stream"]
+
+logger = logging.getLogger("tinystream.error")
+
+SSE_MEDIA_TYPE = "text/event-stream; charset=utf-8"
+NDJSON_MEDIA_TYPE = "application/x-ndjson"
+
+EventLike = ServerSentEvent | str | Mapping[str, Any]
+
+
+def encode_event(item: object) -> bytes:
+    """Wire bytes of one item of an event producer.
+
+    Raises:
+        TypeError: the item is not a ServerSentEvent, str or mapping.
+    """
+    if type(item) is str:
+        return encode_data(item)
+    if isinstance(item, ServerSentEvent):
+        return item.encode()
+    if isinstance(item, Mapping):
+        return ServerSentEvent.from_dict(item).encode()
+    raise TypeError(
+        f"an event producer yielded {type(item).__name__}; expected ServerSentEvent, str or dict"
+    )
+
+
+def _dumps(item: object) -> str:
+    return json.dumps(item, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _map_sync(
+    items: Iterable[Any], convert: Callable[[Any], Any], on_error: Callable[[], bytes] | None
+) -> Iterator[Any]:
+    # A sync generator, so the server runs it (and the user's next()) in a worker
+    # thread; its finally closes the user's iterator when the server closes it.
+    iterator = iter(items)
+    try:
+        for item in iterator:
+            yield convert(item)
+    except Exception:
+        if on_error is None:
+            raise
+        yield on_error()
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
+async def _map_async(
+    items: AsyncIterable[Any], convert: Callable[[Any], Any], on_error: Callable[[], bytes] | None
+) -> AsyncIterator[Any]:
+    iterator = items.__aiter__()
+    try:
+        async for item in iterator:
+            yield convert(item)
+    except Exception:
+        if on_error is None:
+            raise
+        yield on_error()
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _map(
+    items: Iterable[Any] | AsyncIterable[Any],
+    convert: Callable[[Any], Any],
+    on_error: Callable[[], bytes] | None = None,
+) -> Iterable[Any] | AsyncIterable[Any]:
+    """``convert`` applied to every item, sync staying sync; closing it closes ``items``."""
+    if isinstance(items, AsyncIterable):
+        return _map_async(items, convert, on_error)
+    if isinstance(items, Iterable) and not isinstance(items, (str, bytes, bytearray, Mapping)):
+        return _map_sync(items, convert, on_error)
+    raise TypeError(f"expected a sync or async iterable of items, got {type(items).__name__}")
+
+
+def _event_name(option: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{option} must be a non-empty str, got {value!r}")
+    ServerSentEvent(event=value)  # the same single-line rule as any event name
+    return value
+
+
+class EventSourceResponse(StreamingResponse):
+    """A Server-Sent Events stream (``text/event-stream``).
+
+    Args:
+        events: a sync or async iterable of :class:`ServerSentEvent`, ``str``
+            (sent as ``data``) or ``dict`` (keys of ServerSentEvent).
+        ping: seconds of silence after which a comment line is sent (every event
+            resets the timer); ``None`` for no pings.
+        retry: if given, a ``retry:`` field (milliseconds) sent first.
+        headers: extra response fields.
+        error_event: when the producer raises, the traceback is logged and one
+            last event of this name (with empty data, no internal detail) ends the
+            stream cleanly. Not ``error``: browsers fire their own ``error``.
+        shutdown_event, shutdown_data, shutdown_retry: when the server shuts
+            down, the stream sends this last event (with ``retry`` if given, so
+            browsers reconnect to the restarted or another instance on your
+            schedule) and ends cleanly; the browser resumes with ``Last-Event-ID``.
+
+    The headers go out at once (a proxy's read timeout never fires before the
+    first event) with ``Cache-Control: no-cache`` and ``X-Accel-Buffering: no``
+    (nginx passes events through unbuffered), and never ``Connection: keep-alive``.
+    To tell a browser to stop reconnecting, answer its request with 204.
+
+    Raises:
+        ValueError: ``ping`` is 0, negative or NaN; ``retry`` is negative; an
+            event name contains CR or LF.
+        TypeError: an argument has the wrong type.
+    """
+
+    __slots__ = ("error_event", "ping", "prelude", "retry", "shutdown_event")
+
+    def __init__(
+        self,
+        events: Iterable[EventLike] | AsyncIterable[EventLike],
+        ping: float | None = 15.0,
+        retry: int | None = None,
+        headers: HeadersArg = None,
+        *,
+        status: int = 200,
+        error_event: str = "stream-error",
+        shutdown_event: str = "shutdown",
+        shutdown_data: str = "",
+        shutdown_retry: int | None = None,
+    ) -> None:
+        if ping is not None:
+            if isinstance(ping, bool) or not isinstance(ping, (int, float)):
+                raise TypeError(f"ping must be a number of seconds or None, got {ping!r}")
+            if math.isnan(ping) or ping <= 0:
+                raise ValueError(f"ping must be > 0 seconds (None turns pings off), got {ping!r}")
+        self.ping = None if ping is None or math.isinf(ping) else float(ping)
+        self.retry = retry
+        #: Bytes the server sends right after the head, before any event.
+        self.prelude = b"" if retry is None else ServerSentEvent(retry=retry).encode()
+        self.error_event = ServerSentEvent(event=_event_name("error_event", error_event), data="")
+        self.shutdown_event = ServerSentEvent(
+            event=_event_name("shutdown_event", shutdown_event),
+            data=shutdown_data,
+            retry=shutdown_retry,
+        )
+        error_bytes = self.error_event.encode()
+
+        def on_error() -> bytes:
+            logger.exception("event producer failed; ending the stream with %r", error_event)
+            return error_bytes
+
+        super().__init__(
+            _map(events, encode_event, on_error), status, headers, media_type=SSE_MEDIA_TYPE
+        )
+        names = {name for name, _ in self.headers}
+        if b"cache-control" not in names:
+            self.headers.append((b"cache-control", b"no-cache"))
+        if b"x-accel-buffering" not in names:
+            self.headers.append((b"x-accel-buffering", b"no"))
+
+
+class NDJSONResponse(StreamingResponse):
+    """Newline-delimited JSON: one JSON document per line, ``application/x-ndjson``.
+
+    Args:
+        items: a sync or async iterable of JSON-serialisable objects.
+
+    An item that cannot be serialised ends the response early (truncated body):
+    NDJSON has no way to say "error" in-band.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        items: Iterable[Any] | AsyncIterable[Any],
+        status: int = 200,
+        headers: HeadersArg = None,
+    ) -> None:
+        super().__init__(
+            _map(items, lambda item: (_dumps(item) + "\n").encode("utf-8")),
+            status,
+            headers,
+            media_type=NDJSON_MEDIA_TYPE,
+        )
+
+
+_MEDIA_RANGE = re.compile(r"\s*([^\s;,]+)\s*((?:;[^,]*)?)")
+
+
+def _accept_quality(accept_values: list[str], media_type: str) -> tuple[float, int]:
+    """The q-value ``Accept`` gives ``media_type``, and how specific the match was.
+
+    RFC 9110 §12.5.1: the most specific matching range decides (``type/sub`` over
+    ``type/*`` over ``*/*``). Specificity: 2, 1, 0; ``(0.0, -1)`` when nothing matches.
+    """
+    kind, _, _ = media_type.partition("/")
+    best_specificity, best_q = -1, 0.0
+    for value in accept_values:
+        for item in value.split(","):
+            match = _MEDIA_RANGE.match(item)
+            if not match or not match.group(1):
+                continue
+            media_range = match.group(1).lower()
+            if media_range == media_type:
+                specificity = 2
+            elif media_range == kind + "/*":
+                specificity = 1
+            elif media_range == "*/*":
+                specificity = 0
+            else:
+                continue
+            q = 1.0
+            for parameter in match.group(2).split(";"):
+                name, _, number = parameter.partition("=")
+                if name.strip().lower() == "q":
+                    try:
+                        q = min(max(float(number.strip()), 0.0), 1.0)
+                    except ValueError:
+                        q = 0.0  # a malformed q-value accepts nothing
+                    if math.isnan(q):
+                        q = 0.0
+            if specificity > best_specificity:
+                best_specificity, best_q = specificity, q
+            elif specificity == best_specificity:
+                best_q = max(best_q, q)
+    return best_q, best_specificity
+
+
+def wants_event_stream(accept_values: list[str]) -> bool:
+    """True when ``Accept`` prefers ``text/event-stream`` over NDJSON.
+
+    SSE must be acceptable (q > 0) and ranked above NDJSON by (q, specificity);
+    a tie - ``*/*`` alone, or no Accept at all - goes to NDJSON, the default.
+    """
+    sse = _accept_quality(accept_values, "text/event-stream")
+    if sse[0] <= 0:
+        return False
+    return sse > _accept_quality(accept_values, "application/x-ndjson")
+
+
+def negotiate_stream(
+    request: Any, items: Iterable[Any] | AsyncIterable[Any], **sse_options: Any
+) -> EventSourceResponse | NDJSONResponse:
+    """SSE or NDJSON for the same stream of JSON-serialisable ``items``, as ``Accept`` asks.
+
+    When the request's ``Accept`` fields (all of them; q-values and wildcards
+    honoured) prefer ``text/event-stream``, an :class:`EventSourceResponse` sending
+    each item as one event whose ``data`` is its JSON, with ``sse_options`` passed
+    on; otherwise an :class:`NDJSONResponse` of the same items.
+    """
+    if wants_event_stream(request.headers.get_all("accept")):
+        # A str event is sent as its data: each item becomes one event of its JSON.
+        return EventSourceResponse(_map(items, _dumps), **sse_options)
+    return NDJSONResponse(items)
