@@ -29,6 +29,7 @@ import h11
 
 from .datastructures import Headers
 from .serving import Server, start_server
+from .sse import MAX_EVENT_SIZE, EventStreamDecoder, ServerSentEvent
 
 __all__ = ["ClientConnection", "StreamResponse", "TestClient", "TestResponse", "serve_for_test"]
 
@@ -76,6 +77,7 @@ class StreamResponse:
         self.http_version = event.http_version.decode("ascii")
         self.complete = False
         self.ended = False  # no more body will come (complete or cut short)
+        self.decoder: EventStreamDecoder | None = None
 
     async def aiter_bytes(self, read_size: int = READ_SIZE) -> AsyncIterator[bytes]:
         """The decoded body, piece by piece. ``read_size`` bounds each socket read."""
@@ -88,6 +90,18 @@ class StreamResponse:
                 self.ended = True
             elif event is None:
                 self.ended = True  # connection closed or broken mid-body
+
+    async def aiter_events(
+        self, max_event_size: int = MAX_EVENT_SIZE
+    ) -> AsyncIterator[ServerSentEvent]:
+        """Server-Sent Events, each as soon as its last byte arrives.
+
+        ``self.decoder`` keeps the stream state (``last_event_id``, ``retry``).
+        """
+        self.decoder = EventStreamDecoder(max_event_size)
+        async for chunk in self.aiter_bytes():
+            for event in self.decoder.feed(chunk):
+                yield event
 
     async def aiter_raw(self, read_size: int = READ_SIZE) -> AsyncIterator[bytes]:
         """The body bytes exactly as they came off the socket, framing included.
