@@ -1,0 +1,105 @@
+"""The demo's SSE self-test page in headless Chromium (Debian's chromium, installed by .ci/run)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+from examples.demo import make_app
+from examples.selftest import BIG, RETRY_MS, SelfTest
+from tinystream import Request, start_server
+from tinystream.testing import ClientConnection, serve_for_test
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",  # we run as root in CI
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    # This machine has no network: background fetches would only fail noisily.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # See ../shared/NOTES.md: a cached page would keep its EventSource open.
+    "--disable-back-forward-cache",
+]
+
+
+async def open_in_chromium(url: str, profile: Path) -> asyncio.subprocess.Process:
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is installed by .ci/run"
+    return await asyncio.create_subprocess_exec(
+        chromium,
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={profile}",
+        url,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+async def test_eventsource_self_test_in_chromium(tmp_path: Path) -> None:
+    selftest = SelfTest()
+    async with serve_for_test(make_app(selftest)) as client:
+        browser = await open_in_chromium(f"http://127.0.0.1:{client.port}/selftest", tmp_path)
+        try:
+            report = await asyncio.wait_for(selftest.wait_report(), 60)
+            # The producer's finally ran within a second of EventSource.close(),
+            # which the page did just before sending its report.
+            await asyncio.wait_for(selftest.producer_closed.wait(), 5)
+            assert selftest.closed_at - selftest.reported_at < 1.0
+        finally:
+            browser.kill()
+            await browser.wait()
+
+    log = report["log"]
+    assert [(e["type"], e["data"], e["id"]) for e in log] == [
+        ("greeting", "hello", ""),
+        ("message", "line one\nline two\nline three", ""),
+        ("message", "unicode: é € 😀 — ✓", ""),
+        ("big", f"len:{BIG}", ""),
+        *[("message", f"n{i}", str(i)) for i in range(1, 11)],  # none lost, none twice
+        ("done", "finished", "10"),
+    ]
+    assert all(e["exact"] for e in log)  # the 1 MB event arrived intact
+    # The server ended the first stream; the browser came back by itself with
+    # Last-Event-ID, after the retry the server asked for (the default is 3 s).
+    assert report["opens"] == 2
+    assert selftest.last_event_ids == [None, "5"]
+    assert RETRY_MS * 0.8 <= report["reconnectDelay"] < 2500
+
+
+async def test_demo_page_resumes_the_chat_after_a_server_restart(tmp_path: Path) -> None:
+    """Stop the server under an open page: its streams end cleanly, the browser
+    reconnects to the restarted server and resumes with the last id it saw."""
+    app = make_app()
+    resumed: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def handler(request: Request) -> object:
+        if request.path == "/chat/events":
+            resumed.put_nowait(request.last_event_id)
+        return await app(request)
+
+    first = await start_server(handler, port=0, graceful_timeout=5)
+    port = first.port
+    assert port is not None
+    browser = await open_in_chromium(f"http://127.0.0.1:{port}/", tmp_path)
+    try:
+        assert await asyncio.wait_for(resumed.get(), 60) is None  # a fresh page
+        await first.wait_stats(lambda s: s.streams == 2, 30)  # clock and chat
+        conn = await ClientConnection.open("127.0.0.1", port)
+        for text in ("one", "two", "three"):
+            assert (await conn.request("POST", "/chat", body=text.encode())).status == 200
+        await conn.close()
+        await first.close()  # both streams end with a "shutdown" event, retry 2 s
+        second = await start_server(handler, port=port)
+        try:
+            # The page saw all three messages: it resumes after the third.
+            assert await asyncio.wait_for(resumed.get(), 30) == "3"
+            await second.wait_stats(lambda s: s.streams == 2, 30)
+        finally:
+            await second.close()
+    finally:
+        browser.kill()
+        await browser.wait()
