@@ -57,7 +57,7 @@ async def nginx_in_front_of(upstream: int, tmp: Path) -> AsyncIterator[int]:
     config = tmp / "nginx.conf"
     config.write_text(CONFIG.format(tmp=tmp, port=port, upstream=upstream))
     process = await asyncio.create_subprocess_exec(
-        binary,
+        NGINX,
         "-p",
         str(tmp),
         "-c",
