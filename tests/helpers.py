@@ -151,3 +151,8 @@ async def settle(protocol: HTTPConnection, rounds: int = 50) -> None:
         if not tasks:
             return
     raise AssertionError("exchanges kept starting")
+
+
+async def wait(event: asyncio.Event, timeout: float = 5.0) -> None:
+    """Wait for ``event``, failing the test after ``timeout`` seconds instead of hanging."""
+    await asyncio.wait_for(event.wait(), timeout)

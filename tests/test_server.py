@@ -23,6 +23,8 @@ from tinystream import (
 )
 from tinystream.testing import ClientConnection, serve_for_test
 
+from .helpers import wait
+
 TIMEOUT = 5.0
 
 
@@ -55,10 +57,6 @@ class Probe:
             await asyncio.Event().wait()
         finally:
             self.finished.set()
-
-
-async def wait(event: asyncio.Event, timeout: float = TIMEOUT) -> None:
-    await asyncio.wait_for(event.wait(), timeout)
 
 
 def small_buffer_listener(size: int = 4096) -> socket.socket:

@@ -24,11 +24,9 @@ from tinystream import (
 from tinystream.streams import wants_event_stream
 from tinystream.testing import serve_for_test
 
+from .helpers import wait
+
 TIMEOUT = 5.0
-
-
-async def wait(event: asyncio.Event, timeout: float = TIMEOUT) -> None:
-    await asyncio.wait_for(event.wait(), timeout)
 
 
 class Gate:
