@@ -8,8 +8,9 @@ from __future__ import annotations
 from .config import Config
 from .datastructures import Headers, QueryParams
 from .errors import ClientDisconnected, HTTPError
+from .files import FileResponse, StaticFiles
 from .request import Request
-from .responses import FileResponse, JSONResponse, Response, StreamingResponse
+from .responses import JSONResponse, Response, StreamingResponse
 from .routing import Router
 from .serving import Server, ServerStats, run, serve, start_server
 from .sse import EventStreamDecoder, ServerSentEvent
@@ -32,6 +33,7 @@ __all__ = [
     "Server",
     "ServerSentEvent",
     "ServerStats",
+    "StaticFiles",
     "StreamingResponse",
     "negotiate_stream",
     "run",

@@ -9,18 +9,12 @@ response is built, so a bad header is a ``ValueError`` in the handler that made 
 from __future__ import annotations
 
 import json
-import mimetypes
-import os
 import re
-import stat
 from collections.abc import AsyncIterable, Iterable, Mapping
-from email.utils import formatdate
 from typing import Any
-from urllib.parse import quote
 
 __all__ = [
     "BaseResponse",
-    "FileResponse",
     "HeadersArg",
     "JSONResponse",
     "Response",
@@ -193,80 +187,3 @@ class StreamingResponse(BaseResponse):
         self.content: Iterable[Chunk] | AsyncIterable[Chunk] = content
         #: When set, the body is sent with this ``Content-Length`` instead of chunked.
         self.content_length: int | None = None
-
-
-#: FileResponse reads the file in pieces of this size.
-FILE_CHUNK = 64 * 1024  # bytes
-
-
-def _read_file(path: str, chunk_size: int) -> Iterable[bytes]:
-    # A sync generator: the server runs it in a worker thread, so disk reads never
-    # block the event loop, and closes it (closing the file) when the client leaves.
-    with open(path, "rb") as file:
-        while chunk := file.read(chunk_size):
-            yield chunk
-
-
-class FileResponse(StreamingResponse):
-    """A file streamed from disk in 64 KiB pieces, never read whole into memory.
-
-    The file is opened and measured when the response is sent: a path that is
-    missing or not a regular file answers 404. Sends ``Content-Length``,
-    ``Last-Modified`` and, when ``filename`` is given, a ``Content-Disposition:
-    attachment`` with an RFC 6266 ``filename*`` for non-ASCII names.
-
-    Args:
-        path: the file.
-        media_type: ``Content-Type``; guessed from the file name when omitted.
-        filename: offer the file as a download under this name.
-    """
-
-    __slots__ = ("path",)
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        media_type: str | None = None,
-        filename: str | None = None,
-        status: int = 200,
-        headers: HeadersArg = None,
-    ) -> None:
-        self.path = os.fspath(path)
-        if media_type is None:
-            media_type = (
-                mimetypes.guess_type(filename or self.path)[0] or "application/octet-stream"
-            )
-        super().__init__((), status, headers, media_type)
-        if filename is not None:
-            self.headers.append((b"content-disposition", _content_disposition(filename)))
-
-    def open(self) -> None:
-        """Measure the file and set up its body (blocking: call it in a thread).
-
-        Raises:
-            HTTPError: 404 when the path is missing or not a regular file.
-        """
-        from .errors import HTTPError
-
-        try:
-            info = os.stat(self.path)
-        except (FileNotFoundError, NotADirectoryError):
-            raise HTTPError(404) from None
-        if not stat.S_ISREG(info.st_mode):
-            raise HTTPError(404)
-        self.content_length = info.st_size
-        self.headers.append(
-            (b"last-modified", formatdate(info.st_mtime, usegmt=True).encode("ascii"))
-        )
-        self.content = _read_file(self.path, FILE_CHUNK)
-
-
-def _content_disposition(filename: str) -> bytes:
-    # RFC 6266 §4.3: a plain quoted name for old clients, filename* (RFC 8187
-    # UTF-8 percent-encoding) for everyone else when the name is not plain ASCII.
-    ascii_name = filename.encode("ascii", "replace").decode("ascii")
-    ascii_name = re.sub(r'[\x00-\x1f\x7f"\\]', "_", ascii_name)
-    value = f'attachment; filename="{ascii_name}"'
-    if ascii_name != filename:
-        value += f"; filename*=UTF-8''{quote(filename, safe='')}"
-    return value.encode("ascii")

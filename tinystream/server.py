@@ -40,6 +40,7 @@ import asyncio
 import enum
 import inspect
 import logging
+import os
 import socket
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
@@ -56,8 +57,9 @@ from .chunked import LAST_CHUNK, SMALL_CHUNK, chunk_pieces
 from .config import Config
 from .datastructures import Headers
 from .errors import ClientDisconnected, HTTPError
+from .files import FileResponse
 from .request import BodyReader, Disconnect, Request, parse_target
-from .responses import FileResponse, Response, StreamingResponse
+from .responses import Response, StreamingResponse
 from .sse import PING
 from .streams import EventSourceResponse
 
@@ -663,7 +665,12 @@ class _Exchange:
                 else:
                     response = await ctx.pool.run(ctx.handler, request)
                 if isinstance(response, FileResponse):
-                    await ctx.pool.run(response.open)
+                    # stat, open, and 304/412/416/206 decisions touch the disk.
+                    replacement = await ctx.pool.run(
+                        response.prepare, request.method, request.headers
+                    )
+                    if replacement is not None:
+                        response = replacement
             except HTTPError as exc:
                 response = _error_response(exc.status, exc.detail, exc.headers)
             except Exception:
@@ -780,15 +787,65 @@ class _Exchange:
                 self.mode = _CLOSE  # HTTP/1.0: the body ends when we close (h11 knows)
             if isinstance(response, EventSourceResponse) and not self._start_event_stream(response):
                 return  # the server was already stopping: the stream ended at once
-            if not await self._pump(source):
+            if isinstance(response, FileResponse) and self._can_sendfile():
+                if not await self._sendfile(response):
+                    return
+            elif not await self._pump(source):
                 return  # the client left mid-stream; connection_lost cancels us
             self._end_body()
         finally:
+            if isinstance(response, FileResponse):
+                response.close()
             self._stop_pings()
             ctx.open_streams -= 1
             await _close_source(source)
             if ctx.stats_waiters:
                 ctx.notify_stats()
+
+    def _can_sendfile(self) -> bool:
+        # sendfile(2) copies from the page cache straight to the socket; it cannot
+        # encrypt, so TLS connections take the read-and-write path.
+        transport = self.conn.transport
+        return (
+            self.mode is _LENGTH
+            and transport is not None
+            and transport.get_extra_info("sslcontext") is None
+            and hasattr(os, "sendfile")
+        )
+
+    async def _sendfile(self, response: FileResponse) -> bool:
+        """Send the file's span with sendfile(2); False if the client went away."""
+        conn = self.conn
+        transport = conn.transport
+        assert transport is not None and response.file is not None
+        loop = conn.ctx.loop
+        stall = conn.ctx.config.write_stall_timeout
+        offset, remaining = response.offset, response.count
+        while remaining:
+            size = min(remaining, SENDFILE_SLICE)
+            try:
+                # A slice at a time, each within the stall timeout: sendfile waits
+                # for the socket directly, so the transport's pause/stall machinery
+                # never sees a client that stopped reading.
+                sent = await asyncio.wait_for(
+                    loop.sendfile(transport, response.file, offset, size, fallback=False), stall
+                )
+            except asyncio.TimeoutError:
+                logger.info("client %s stopped reading a file; closing", conn.client)
+                self.outcome = "stalled"
+                conn._abort()
+                return False
+            except (ConnectionError, RuntimeError):
+                # RuntimeError: the transport closed under us (the client left).
+                conn._abort()
+                return False
+            if sent == 0:
+                raise RuntimeError(f"{response.path} shrank while it was being sent")
+            _count_for_h11(conn.h11, sent)
+            offset += sent
+            remaining -= sent
+            self.bytes_sent += sent
+        return True
 
     def _end_body(self) -> None:
         if self.mode is _CHUNKED:
@@ -948,6 +1005,23 @@ class _Exchange:
         finally:
             self.bytes_sent += sent
         return not transport.is_closing()
+
+
+#: sendfile(2) is issued in slices of this size, each bounded by the stall timeout:
+#: a client reading at least this much per write_stall_timeout is never cut off.
+SENDFILE_SLICE = 256 * 1024  # bytes
+_ZEROS = bytes(64 * 1024)
+
+
+def _count_for_h11(conn: h11.Connection, size: int) -> None:
+    # h11 framed this response's Content-Length and checks that exactly that many
+    # bytes are sent before EndOfMessage. sendfile(2) sent them past it, so we
+    # account for them with a zero buffer (a full slice of bytes is not a copy;
+    # nothing of it is written).
+    while size > 0:
+        piece = min(size, len(_ZEROS))
+        conn.send_with_data_passthrough(h11.Data(data=_ZEROS[:piece]))
+        size -= piece
 
 
 # Body framing modes of a streaming response.
