@@ -233,13 +233,30 @@ async def start_server(
     server: asyncio.AbstractServer
     if uds is not None:
         _remove_stale_socket(uds)
-        server = await loop.create_unix_server(factory, uds, ssl=context, backlog=BACKLOG)
+        server = await loop.create_unix_server(
+            factory,
+            uds,
+            ssl=context,
+            backlog=BACKLOG,
+            ssl_handshake_timeout=cfg.header_timeout if context is not None else None,
+        )
         return Server(ctx, server, f"unix:{uds}", None)
+    # asyncio calls connection_made only after a TLS handshake, so our header
+    # deadline would not cover a client that never finishes one: bound it here.
+    handshake = cfg.header_timeout if context is not None else None
     if sock is not None:
-        server = await loop.create_server(factory, sock=sock, ssl=context, backlog=BACKLOG)
+        server = await loop.create_server(
+            factory, sock=sock, ssl=context, backlog=BACKLOG, ssl_handshake_timeout=handshake
+        )
     else:
         server = await loop.create_server(
-            factory, host, port, ssl=context, backlog=BACKLOG, reuse_port=reuse_port or None
+            factory,
+            host,
+            port,
+            ssl=context,
+            backlog=BACKLOG,
+            reuse_port=reuse_port or None,
+            ssl_handshake_timeout=handshake,
         )
     bound = server.sockets[0].getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
