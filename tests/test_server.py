@@ -629,3 +629,37 @@ async def test_client_that_closes_is_noticed_at_the_next_write() -> None:
             await response.close()  # FIN, no reset
             tick.set()  # the next write reaches a closed socket
             await wait(probe.finished, 2.0)  # well before the shutdown at the end of the block
+
+
+async def test_a_thousand_malformed_requests_raise_no_warning_storm(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Client mistakes are logged at DEBUG/INFO only: a peer cannot flood the log."""
+    caplog.set_level(logging.DEBUG, logger="tinystream")
+
+    async def bad_client(port: int, garbage: bytes) -> bytes:
+        conn = await ClientConnection.open("127.0.0.1", port)
+        try:
+            await conn.send_raw(garbage)
+            return await conn.read_raw_until_close()
+        finally:
+            await conn.close()
+
+    garbage = [
+        b"\x00\xff garbage\r\n\r\n",
+        b"GET / HTTP/9.9\r\nHost: a\r\n\r\n",
+        b"GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n",
+    ]
+    async with serve_for_test(hello) as client:
+        for batch in range(10):
+            answers = await asyncio.gather(
+                *(bad_client(client.port, garbage[(batch + i) % 3]) for i in range(100))
+            )
+            assert all(answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 505")) for answer in answers)
+        assert (await client.get("/")).status == 200
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert loud == []
+    refusals = [
+        r for r in caplog.records if r.name == "tinystream.access" and " error" in r.getMessage()
+    ]
+    assert len(refusals) == 1000  # each one still leaves its access-log line

@@ -47,17 +47,73 @@ class ServerStats:
     requests_served: int  # exchanges ended since start
 
 
+#: What asyncio reports when accept() fails for lack of descriptors or memory;
+#: it then stops accepting on that socket for a second and tries again.
+_ACCEPT_EXHAUSTED = "socket.accept() out of system resource"
+
+
+#: asyncio retries a failed accept() every second; this long without a failure
+#: report means accepting works again (or nobody tried): the episode is over.
+ACCEPT_RECOVERY_QUIET = 2.5  # seconds
+
+
+class _AcceptErrorFilter:
+    """A loop exception handler that turns asyncio's accept-exhaustion reports into
+    one warning per episode (asyncio reports every retry, once a second, with a
+    traceback each time); everything else goes to the handler that was there."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[int]) -> None:
+        self._loop = loop
+        self._sockets = set(sockets)
+        self.previous = loop.get_exception_handler()
+        self._quiet: asyncio.TimerHandle | None = None
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        sock = context.get("socket")
+        if (
+            context.get("message") == _ACCEPT_EXHAUSTED
+            and sock is not None
+            and sock.fileno() in self._sockets
+        ):
+            if self._quiet is None:
+                logger.warning(
+                    "cannot accept new connections (%s); open connections are still served, "
+                    "and accepting resumes when descriptors free up",
+                    context.get("exception"),
+                )
+            else:
+                self._quiet.cancel()
+            self._quiet = loop.call_later(ACCEPT_RECOVERY_QUIET, self._recovered)
+            return
+        if self.previous is not None:
+            self.previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    def _recovered(self) -> None:
+        self._quiet = None
+        logger.warning("accepting new connections again")
+
+    def remove(self) -> None:
+        if self._quiet is not None:
+            self._quiet.cancel()
+        if self._loop.get_exception_handler() is self:
+            self._loop.set_exception_handler(self.previous)
+
+
 class Server:
     """A running tinystream server. Made by :func:`start_server`."""
 
     def __init__(
-        self, ctx: ServerContext, server: asyncio.AbstractServer, url: str, port: int | None
+        self, ctx: ServerContext, server: asyncio.Server, url: str, port: int | None
     ) -> None:
         self._ctx = ctx
         self._server = server
         self.url = url
         self.port = port
         self._closing: asyncio.Task[None] | None = None
+        self._accept_filter = _AcceptErrorFilter(ctx.loop, [s.fileno() for s in server.sockets])
+        ctx.loop.set_exception_handler(self._accept_filter)
 
     def __repr__(self) -> str:
         return f"<Server {self.url} connections={len(self._ctx.connections)}>"
@@ -121,6 +177,7 @@ class Server:
 
     async def _close(self) -> None:
         ctx = self._ctx
+        self._accept_filter.remove()
         self._server.close()
         ctx.shutting_down.set()
         for conn in list(ctx.connections):
@@ -230,7 +287,7 @@ async def start_server(
         return HTTPConnection(ctx)
 
     loop = asyncio.get_running_loop()
-    server: asyncio.AbstractServer
+    server: asyncio.Server
     if uds is not None:
         _remove_stale_socket(uds)
         server = await loop.create_unix_server(
