@@ -309,14 +309,14 @@ class HTTPConnection(asyncio.Protocol):
         self.state = ConnState.ACTIVE
         refusal = self._refusal(event)
         if refusal is not None:
-            self._refuse(*refusal)
+            self._refuse(*refusal, request=event)
             return
         try:
             method = event.method.decode("ascii")
             path, query = parse_target(event.method, event.target)
         except (HTTPError, UnicodeDecodeError) as exc:
             detail = exc.detail if isinstance(exc, HTTPError) else "invalid method"
-            self._refuse(400, detail)
+            self._refuse(400, detail, request=event)
             return
         self.exchange = _Exchange(self, event, method, path, query)
         self.exchange.start()
@@ -441,10 +441,18 @@ class HTTPConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _refuse(self, status: int, reason: str) -> None:
-        """Answer with an error (if no response has started), then close lingeringly."""
+    def _refuse(self, status: int, reason: str, request: h11.Request | None = None) -> None:
+        """Answer with an error (if no response has started), then close lingeringly.
+
+        ``request`` is the parsed request being refused, when there is one: a
+        refused HEAD gets its status line and fields but no body.
+        """
         exchange = self.exchange
         method = target = version = "-"
+        if request is not None:
+            method = request.method.decode("ascii", "replace")
+            target = request.target.decode("ascii", "replace")
+            version = request.http_version.decode("ascii", "replace")
         if exchange is not None:
             if exchange.started:
                 # Too late for a status line: cut the response short instead.
@@ -468,7 +476,8 @@ class HTTPConnection(asyncio.Protocol):
                 h11.Response(status_code=status, headers=headers, reason=_PHRASES.get(status, b""))
             )
             assert data is not None
-            data += self.h11.send(h11.Data(data=body)) or b""
+            if method != "HEAD":
+                data += self.h11.send(h11.Data(data=body)) or b""
             data += self.h11.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
             # h11 will not send a response in its current state (e.g. we already
