@@ -460,8 +460,8 @@ class HTTPConnection(asyncio.Protocol):
                 self._abort()
                 return
             exchange.abandon()
-            request = exchange.request
-            method, target, version = request.method, request.target, request.http_version
+            seen = exchange.request
+            method, target, version = seen.method, seen.target, seen.http_version
         assert self.transport is not None and self.flow is not None
         body = f"{status} {_PHRASES.get(status, b'Error').decode()}: {reason}\n".encode()
         headers = [
