@@ -663,3 +663,36 @@ async def test_a_thousand_malformed_requests_raise_no_warning_storm(
         r for r in caplog.records if r.name == "tinystream.access" and " error" in r.getMessage()
     ]
     assert len(refusals) == 1000  # each one still leaves its access-log line
+
+
+async def test_a_stalled_client_is_reset_so_the_kernel_frees_its_buffers() -> None:
+    """A plain close toward a zero window would leave an orphaned socket probing
+    for minutes; the server resets the connection instead."""
+    probe = Probe()
+
+    async def handler(request: Request) -> StreamingResponse:
+        return StreamingResponse(probe.endless(b"s" * 16384))
+
+    async with serve_for_test(handler, write_stall_timeout=0.3) as client:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", client.port))
+            await loop.sock_sendall(sock, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            await wait(probe.finished)  # cut off, and never read by us
+            await client.server.wait_stats(lambda s: s.connections == 0, TIMEOUT)
+            # The reset has arrived: our socket is closed (TCP_CLOSE, 7) although
+            # its receive buffer still holds unread data.
+            state = await asyncio.wait_for(tcp_state_when_closed(sock), TIMEOUT)
+            assert state == 7
+        finally:
+            sock.close()
+
+
+async def tcp_state_when_closed(sock: socket.socket) -> int:
+    # The reset is in flight on loopback: step the loop until the kernel shows it.
+    while (state := sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]) == 1:
+        await asyncio.sleep(0)
+    return state

@@ -37,11 +37,13 @@ Rules this module keeps:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import inspect
 import logging
 import os
 import socket
+import struct
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from email.utils import formatdate
@@ -79,6 +81,7 @@ YIELD_EVERY = 32  # writes
 #: Loopback and LAN round trips are far below this; a distant client is caught by
 #: its next write instead.
 RESET_CHECK_DELAY = 0.02  # seconds
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 #: After an error response we stop writing and read (and drop) what the client
 #: still sends for this long, so it can read our response before the socket closes
 #: (closing with unread input makes the kernel send RST, which can destroy it).
@@ -122,6 +125,8 @@ class ServerContext:
         self.shutting_down = asyncio.Event()
         self.open_streams = 0
         self.requests_served = 0
+        #: How responses ended, by access-log outcome ("complete", "client_gone" ...).
+        self.outcomes: dict[str, int] = {}
         #: Called after each connection closes (graceful shutdown waits with it).
         self.on_connection_closed: Callable[[], None] | None = None
         #: Futures of ``Server.wait_stats`` callers, resolved whenever a statistic
@@ -438,8 +443,21 @@ class HTTPConnection(asyncio.Protocol):
         self._set_deadline(self._config.write_stall_timeout, self._abort)
 
     def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+        """Cut the connection off with a reset.
+
+        A plain close with unsent data queued toward a client that does not read
+        leaves the kernel an orphaned socket that keeps probing the zero window,
+        holding its send buffer (megabytes) for minutes. SO_LINGER with a zero
+        timeout makes close() reset the connection and free everything at once.
+        """
+        transport = self.transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        transport.abort()
 
     def _refuse(self, status: int, reason: str, request: h11.Request | None = None) -> None:
         """Answer with an error (if no response has started), then close lingeringly.
@@ -485,7 +503,7 @@ class HTTPConnection(asyncio.Protocol):
             self._abort()
             return
         self.transport.write(data)
-        _log_access(self, method, target, version, status, len(body), 0.0, "error")
+        _response_ended(self, method, target, version, status, len(body), 0.0, "error")
         # Lingering close: shut our write side, drop what the client still sends.
         self.state = ConnState.DRAINING
         if not self.transport.can_write_eof():
@@ -719,7 +737,7 @@ class _Exchange:
         if self.outcome is None:
             self.outcome = "complete"
         request = self.request
-        _log_access(
+        _response_ended(
             self.conn,
             request.method,
             request.target,
@@ -1066,7 +1084,7 @@ def _error_response(status: int, detail: str, headers: dict[str, str] | None = N
     return Response(f"{detail}\n", status=status, headers=headers)
 
 
-def _log_access(
+def _response_ended(
     conn: HTTPConnection,
     method: str,
     target: str,
@@ -1076,6 +1094,9 @@ def _log_access(
     duration: float,
     outcome: str,
 ) -> None:
+    """Count how the response ended, and write its access-log line."""
+    outcomes = conn.ctx.outcomes
+    outcomes[outcome] = outcomes.get(outcome, 0) + 1
     if not conn.ctx.config.access_log or not access_logger.isEnabledFor(logging.INFO):
         return
     host = conn.client[0] if conn.client else "-"

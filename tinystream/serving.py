@@ -45,6 +45,7 @@ class ServerStats:
     paused_writers: int  # connections whose transport paused us (slow clients)
     buffered_bytes: int  # bytes waiting in transports' write buffers
     requests_served: int  # exchanges ended since start
+    outcomes: dict[str, int]  # how responses ended: complete, client_gone, error, stalled...
 
 
 #: What asyncio reports when accept() fails for lack of descriptors or memory;
@@ -137,6 +138,7 @@ class Server:
             paused_writers=paused,
             buffered_bytes=buffered,
             requests_served=self._ctx.requests_served,
+            outcomes=dict(self._ctx.outcomes),
         )
 
     async def wait_stats(
