@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tinystream import EventSourceResponse, JSONResponse, Request, Response, Router, ServerSentEvent
+from tinystream._compress import accepts_gzip
 
 RETRY_MS = 500  # the reconnection delay the server asks for (the browser default is 3 s)
 BIG = 1_000_000  # characters in the large event
@@ -28,7 +29,7 @@ PAGE = """<!doctype html>
 <script>
 const log = [];
 let opens = 0, errorAt = null, reopenedAt = null;
-const es = new EventSource("PREFIX/events");
+const es = new EventSource("PREFIX/events" + location.search);  // ?gzip=1: compressed
 es.onopen = () => { opens += 1; if (opens === 2) reopenedAt = performance.now(); };
 es.onerror = () => { if (errorAt === null) errorAt = performance.now(); };
 const record = type => e => log.push({type, id: e.lastEventId,
@@ -58,6 +59,7 @@ class SelfTest:
         self.closed_at = 0.0  # time.monotonic() when the second producer was closed
         self.producer_closed = asyncio.Event()
         self.last_event_ids: list[str | None] = []
+        self.compressed: list[bool] = []  # per events request: was it gzip-encoded?
 
     def wait_report(self) -> asyncio.Future[dict[str, Any]]:
         if self.report is None:
@@ -72,9 +74,14 @@ class SelfTest:
 
         async def events(request: Request) -> EventSourceResponse:
             self.last_event_ids.append(request.last_event_id)
+            gzip = request.query_params.get("gzip") == "1"
+            self.compressed.append(
+                gzip and accepts_gzip(request.headers.get_all("accept-encoding"))
+            )
             if request.last_event_id is None:
-                return EventSourceResponse(self._first(), retry=RETRY_MS, ping=None)
-            return EventSourceResponse(self._resumed(int(request.last_event_id)), ping=0.1)
+                return EventSourceResponse(self._first(), retry=RETRY_MS, ping=None, compress=gzip)
+            resumed = self._resumed(int(request.last_event_id))
+            return EventSourceResponse(resumed, ping=0.1, compress=gzip)
 
         async def report(request: Request) -> JSONResponse:
             self.reported_at = time.monotonic()

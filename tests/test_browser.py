@@ -6,6 +6,8 @@ import asyncio
 import shutil
 from pathlib import Path
 
+import pytest
+
 from examples.demo import make_app
 from examples.selftest import BIG, RETRY_MS, SelfTest
 from tinystream import Request, start_server
@@ -39,10 +41,13 @@ async def open_in_chromium(url: str, profile: Path) -> asyncio.subprocess.Proces
     )
 
 
-async def test_eventsource_self_test_in_chromium(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gzip", ["0", "1"])
+async def test_eventsource_self_test_in_chromium(tmp_path: Path, gzip: str) -> None:
+    """The same checks with the stream plain and gzip-compressed (each event flushed)."""
     selftest = SelfTest()
     async with serve_for_test(make_app(selftest)) as client:
-        browser = await open_in_chromium(f"http://127.0.0.1:{client.port}/selftest", tmp_path)
+        url = f"http://127.0.0.1:{client.port}/selftest?gzip={gzip}"
+        browser = await open_in_chromium(url, tmp_path)
         try:
             report = await asyncio.wait_for(selftest.wait_report(), 60)
             # The producer's finally ran within a second of EventSource.close(),
@@ -67,6 +72,7 @@ async def test_eventsource_self_test_in_chromium(tmp_path: Path) -> None:
     # Last-Event-ID, after the retry the server asked for (the default is 3 s).
     assert report["opens"] == 2
     assert selftest.last_event_ids == [None, "5"]
+    assert selftest.compressed == [gzip == "1"] * 2  # Chromium accepts gzip: it was used
     assert RETRY_MS * 0.8 <= report["reconnectDelay"] < 2500
 
 

@@ -76,13 +76,16 @@ def _check_status(status: int) -> None:
 class BaseResponse:
     """Status and header fields shared by every response type."""
 
-    __slots__ = ("headers", "status")
+    __slots__ = ("compress", "headers", "status")
 
     def __init__(
         self, status: int, headers: HeadersArg, media_type: str | None, text: bool
     ) -> None:
         _check_status(status)
         self.status = status
+        #: gzip the body when the client accepts gzip (a fixed body only from
+        #: COMPRESS_MIN bytes; a stream chunk by chunk, each flushed at once).
+        self.compress = False
         self.headers = encode_headers(headers)
         content_type = _content_type(media_type, text)
         if content_type is not None and not any(n == b"content-type" for n, _ in self.headers):
@@ -101,6 +104,8 @@ class Response(BaseResponse):
         status: 200 to 599 (informational responses are the server's business).
         headers: extra fields, as a mapping or ``(name, value)`` pairs.
         media_type: the ``Content-Type``; ``text/*`` gets ``charset=utf-8``.
+        compress: gzip the body for clients that accept it, if it is at least
+            512 bytes; ``Vary: Accept-Encoding`` is sent either way.
 
     Raises:
         TypeError / ValueError: bad content, status or header (see :func:`encode_headers`).
@@ -114,6 +119,8 @@ class Response(BaseResponse):
         status: int = 200,
         headers: HeadersArg = None,
         media_type: str | None = None,
+        *,
+        compress: bool = False,
     ) -> None:
         if isinstance(content, str):
             body = content.encode("utf-8")
@@ -127,6 +134,7 @@ class Response(BaseResponse):
             raise ValueError(f"a {status} response cannot have a body")
         super().__init__(status, headers, media_type, text and bool(body))
         self.body = body
+        self.compress = compress
 
 
 class JSONResponse(Response):
@@ -139,9 +147,13 @@ class JSONResponse(Response):
 
     __slots__ = ()
 
-    def __init__(self, obj: Any, status: int = 200, headers: HeadersArg = None) -> None:
+    def __init__(
+        self, obj: Any, status: int = 200, headers: HeadersArg = None, *, compress: bool = False
+    ) -> None:
         body = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        super().__init__(body.encode("utf-8"), status, headers, "application/json")
+        super().__init__(
+            body.encode("utf-8"), status, headers, "application/json", compress=compress
+        )
 
 
 class StreamingResponse(BaseResponse):
@@ -157,6 +169,8 @@ class StreamingResponse(BaseResponse):
         content: a sync or async iterable of ``bytes``/``str`` items. A sync one
             runs in a worker thread, so a blocking ``next()`` stalls nobody else;
             a list or tuple is iterated in place. Empty items are skipped.
+        compress: gzip the stream for clients that accept it; every chunk is
+            flushed on its own, so it still arrives at once.
 
     Raises:
         TypeError: ``content`` is not an iterable of chunks (``bytes``/``str``
@@ -171,6 +185,8 @@ class StreamingResponse(BaseResponse):
         status: int = 200,
         headers: HeadersArg = None,
         media_type: str | None = None,
+        *,
+        compress: bool = False,
     ) -> None:
         if isinstance(content, (bytes, bytearray, memoryview, str)):
             raise TypeError(
@@ -187,3 +203,4 @@ class StreamingResponse(BaseResponse):
         self.content: Iterable[Chunk] | AsyncIterable[Chunk] = content
         #: When set, the body is sent with this ``Content-Length`` instead of chunked.
         self.content_length: int | None = None
+        self.compress = compress

@@ -52,6 +52,7 @@ from typing import Any
 
 import h11
 
+from ._compress import COMPRESS_MIN, GzipStream, accepts_gzip, gzip_body
 from ._flow import FlowControl, ReadPause
 from ._headguard import HeadGuard, HeadRejected
 from ._threads import SyncIteratorPump, shared_pool
@@ -574,6 +575,7 @@ class _Exchange:
         "body",
         "body_received",
         "bytes_sent",
+        "compressor",
         "conn",
         "disconnected",
         "event_stream",
@@ -620,6 +622,7 @@ class _Exchange:
         self.event_stream: EventSourceResponse | None = None
         self.ping_timer: asyncio.TimerHandle | None = None
         self.last_write = 0.0  # loop time of the last body write (for pings)
+        self.compressor: GzipStream | None = None
 
     def start(self) -> None:
         ctx = self.conn.ctx
@@ -770,6 +773,11 @@ class _Exchange:
             return
         body = response.body
         headers = response.headers
+        if response.compress:
+            headers = [*headers, _VARY]
+            if len(body) >= COMPRESS_MIN and self._wants_gzip():
+                body = gzip_body(body)
+                headers.append(_GZIP)
         if response.status not in (204, 304):
             headers = [*headers, (b"content-length", b"%d" % len(body))]
         head = self._head(response.status, headers)
@@ -800,6 +808,11 @@ class _Exchange:
             length = response.content_length
             if length is not None:
                 headers = [*headers, (b"content-length", b"%d" % length)]
+            elif response.compress:
+                headers = [*headers, _VARY]
+                if self._wants_gzip():
+                    headers.append(_GZIP)
+                    self.compressor = GzipStream()
             # The head goes out at once: a client (or a proxy's read timeout) sees
             # the response start even if the first item takes minutes.
             transport.write(self._head(response.status, headers))
@@ -874,21 +887,33 @@ class _Exchange:
             self.bytes_sent += sent
         return True
 
+    def _wants_gzip(self) -> bool:
+        return accepts_gzip(self.request.headers.get_all("accept-encoding"))
+
     def _end_body(self) -> None:
+        transport = self.conn.transport
+        assert transport is not None
+        if self.compressor is not None:
+            tail, self.compressor = self.compressor.finish(), None
+            self._write_framed(tail)
         if self.mode is _CHUNKED:
-            assert self.conn.transport is not None
-            self.conn.transport.write(LAST_CHUNK)
+            transport.write(LAST_CHUNK)
         self.conn.h11.send(h11.EndOfMessage())
 
-    def write_body(self, data: bytes) -> None:
-        """Write body bytes outside the producer loop (pings, a last event)."""
+    def _write_framed(self, data: bytes) -> None:
         transport = self.conn.transport
         assert transport is not None
         if self.mode is _CHUNKED:
             transport.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
             transport.write(data)
+
+    def write_body(self, data: bytes) -> None:
+        """Write body bytes outside the producer loop (pings, a last event)."""
         self.bytes_sent += len(data)
+        if self.compressor is not None:
+            data = self.compressor.compress(data)
+        self._write_framed(data)
         self.last_write = self.conn.ctx.loop.time()
         if self.conn.client_eof:
             self.conn.wrote_after_eof()
@@ -996,6 +1021,7 @@ class _Exchange:
         flow = conn.flow
         assert transport is not None and flow is not None
         h11_conn = conn.h11
+        compressor = self.compressor
         sent = 0
         writes = 0
         try:
@@ -1006,6 +1032,10 @@ class _Exchange:
                     continue  # an empty chunk would end a chunked body
                 if transport.is_closing():
                     return False
+                sent += size  # payload bytes, before compression
+                if compressor is not None:
+                    chunk = compressor.compress(chunk)
+                    size = len(chunk)
                 if mode is _CHUNKED:
                     if size <= SMALL_CHUNK:
                         transport.write(b"%x\r\n%b\r\n" % (size, chunk))
@@ -1016,7 +1046,6 @@ class _Exchange:
                         # h11 checks we never exceed the declared Content-Length.
                         h11_conn.send_with_data_passthrough(h11.Data(data=chunk))
                     transport.write(chunk)
-                sent += size
                 if track_time:
                     self.last_write = loop_time()
                 if conn.client_eof:
@@ -1038,6 +1067,8 @@ class _Exchange:
 #: a client reading at least this much per write_stall_timeout is never cut off.
 SENDFILE_SLICE = 256 * 1024  # bytes
 _ZEROS = bytes(64 * 1024)
+_VARY = (b"vary", b"Accept-Encoding")
+_GZIP = (b"content-encoding", b"gzip")
 
 
 def _count_for_h11(conn: h11.Connection, size: int) -> None:

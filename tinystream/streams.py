@@ -125,6 +125,9 @@ class EventSourceResponse(StreamingResponse):
             down, the stream sends this last event (with ``retry`` if given, so
             browsers reconnect to the restarted or another instance on your
             schedule) and ends cleanly; the browser resumes with ``Last-Event-ID``.
+        compress: gzip the stream for clients that accept it, each event flushed
+            at once. Off by default: it costs CPU per event, and compressing
+            secrets beside attacker-chosen text can leak them (BREACH).
 
     The headers go out at once (a proxy's read timeout never fires before the
     first event) with ``Cache-Control: no-cache`` and ``X-Accel-Buffering: no``
@@ -151,6 +154,7 @@ class EventSourceResponse(StreamingResponse):
         shutdown_event: str = "shutdown",
         shutdown_data: str = "",
         shutdown_retry: int | None = None,
+        compress: bool = False,
     ) -> None:
         if ping is not None:
             if isinstance(ping, bool) or not isinstance(ping, (int, float)):
@@ -174,7 +178,11 @@ class EventSourceResponse(StreamingResponse):
             return error_bytes
 
         super().__init__(
-            _map(events, encode_event, on_error), status, headers, media_type=SSE_MEDIA_TYPE
+            _map(events, encode_event, on_error),
+            status,
+            headers,
+            media_type=SSE_MEDIA_TYPE,
+            compress=compress,
         )
         names = {name for name, _ in self.headers}
         if b"cache-control" not in names:
@@ -200,12 +208,15 @@ class NDJSONResponse(StreamingResponse):
         items: Iterable[Any] | AsyncIterable[Any],
         status: int = 200,
         headers: HeadersArg = None,
+        *,
+        compress: bool = False,
     ) -> None:
         super().__init__(
             _map(items, lambda item: (_dumps(item) + "\n").encode("utf-8")),
             status,
             headers,
             media_type=NDJSON_MEDIA_TYPE,
+            compress=compress,
         )
 
 
