@@ -13,17 +13,22 @@ Server-Sent Events. Then try:
 
 Resuming after a reconnect. A browser's EventSource reconnects by itself and sends
 the id of the last event it got as ``Last-Event-ID`` (``request.last_event_id``).
-Give every event an id you can resume from, then on each request replay what came
-after it before going live - :class:`ChatRoom` below does exactly that. Answer 204
+The chat below publishes through :class:`tinystream.broadcast.Broadcast`, whose
+events carry ids, and subscribes with that header: the replay of what the page
+missed comes first, then live messages, with no gap and no duplicate. Answer 204
 to tell a browser to stop reconnecting for good.
+
+Several processes: ``DEMO_BROADCAST=redis://127.0.0.1:6379/0 python -m tinystream
+examples.demo:app --workers 2`` gives every worker one shared chat history, so a
+page that reconnects to another worker still resumes where it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Iterator
 
 from examples.selftest import SelfTest
@@ -37,60 +42,11 @@ from tinystream import (
     ServerSentEvent,
     StreamingResponse,
 )
+from tinystream.broadcast import Broadcast
 
 logger = logging.getLogger("demo")
 
 MAX_MESSAGE = 500  # characters
-
-
-class ChatRoom:
-    """Chat history with subscriptions that resume after a reconnect, gap-free.
-
-    Every message gets the next integer id. A subscriber passes the id of the last
-    message it saw and first gets every kept message after it, then live ones:
-    taking "all ids greater than mine" under one lock leaves no gap and no
-    duplicate at the seam between replay and live delivery.
-    """
-
-    def __init__(self, keep: int = 1000) -> None:
-        self._messages: deque[tuple[int, str]] = deque(maxlen=keep)
-        self._next_id = 1
-        self._changed = asyncio.Condition()
-
-    async def post(self, text: str) -> int:
-        async with self._changed:
-            message_id = self._next_id
-            self._next_id += 1
-            self._messages.append((message_id, text))
-            self._changed.notify_all()
-        return message_id
-
-    async def follow(self, last_event_id: str | None) -> AsyncIterator[ServerSentEvent]:
-        after = self._parse(last_event_id)
-        newest = self._next_id - 1
-        oldest = self._messages[0][0] if self._messages else self._next_id
-        if after > newest or after < oldest - 1:
-            # An id from before a restart, or older than what we keep: say so, so
-            # the page can reload its history, then send everything we have.
-            yield ServerSentEvent("history lost", event="resync")
-            after = min(after, oldest - 1)
-        while True:
-            async with self._changed:
-                while self._next_id - 1 <= after:
-                    await self._changed.wait()
-                pending = [m for m in self._messages if m[0] > after]
-            for message_id, text in pending:
-                yield ServerSentEvent(text, event="chat", id=str(message_id))
-                after = message_id
-
-    def _parse(self, last_event_id: str | None) -> int:
-        if last_event_id is None:
-            # A new page: the last 20 messages, then live ones.
-            return max(self._next_id - 1 - 20, 0)
-        try:
-            return int(last_event_id)
-        except ValueError:
-            return 0  # not one of our ids: replay everything we have
 
 
 PAGE = """<!doctype html>
@@ -131,10 +87,10 @@ document.getElementById("form").onsubmit = async event => {
 """
 
 
-def make_app(selftest: SelfTest | None = None) -> Router:
+def make_app(selftest: SelfTest | None = None, broadcast_url: str | None = None) -> Router:
     """The demo's routes, with fresh state (tests make one app per test)."""
     app = Router()
-    room = ChatRoom()
+    chat = Broadcast(broadcast_url or os.environ.get("DEMO_BROADCAST", "memory://"))
     (selftest or SelfTest()).mount(app, "/selftest")
 
     @app.get("/")
@@ -155,7 +111,9 @@ def make_app(selftest: SelfTest | None = None) -> Router:
 
     @app.get("/chat/events")
     async def chat_events(request: Request) -> EventSourceResponse:
-        return EventSourceResponse(room.follow(request.last_event_id), shutdown_retry=2000)
+        # Replay after Last-Event-ID, then live; "resync" if that id is gone.
+        messages = chat.subscribe("chat", last_event_id=request.last_event_id)
+        return EventSourceResponse(messages, shutdown_retry=2000)
 
     @app.post("/chat")
     async def chat_post(request: Request) -> JSONResponse:
@@ -164,7 +122,7 @@ def make_app(selftest: SelfTest | None = None) -> Router:
             raise HTTPError(400, "empty message")
         if len(text) > MAX_MESSAGE:
             raise HTTPError(413, f"messages are limited to {MAX_MESSAGE} characters")
-        return JSONResponse({"id": await room.post(text)})
+        return JSONResponse({"id": await chat.publish("chat", text, event="chat")})
 
     @app.get("/clock")
     async def clock(request: Request) -> StreamingResponse:

@@ -77,7 +77,13 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 async def take(subscription: Subscription, count: int) -> list[ServerSentEvent]:
-    return [await asyncio.wait_for(subscription.__anext__(), TIMEOUT) for _ in range(count)]
+    """The next ``count`` events, skipping position markers (browsers do not dispatch them)."""
+    events: list[ServerSentEvent] = []
+    while len(events) < count:
+        event = await asyncio.wait_for(subscription.__anext__(), TIMEOUT)
+        if event.data is not None:
+            events.append(event)
+    return events
 
 
 # Behaviour, on both backends.
@@ -104,6 +110,22 @@ async def test_publish_reaches_every_subscriber_with_ids(url: str) -> None:
                 (f"m{i}", "chat", ids[i]) for i in range(3)
             ]
         assert broadcast.subscriber_count == 2
+
+
+async def test_a_live_subscription_starts_with_its_position(url: str) -> None:
+    """An id-only first event: a browser stores it as lastEventId without dispatching
+    it, so a connection lost before any real event still resumes without loss."""
+    channel = uuid.uuid4().hex
+    async with Broadcast(url) as broadcast:
+        before = await broadcast.publish(channel, "before")
+        live = broadcast.subscribe(channel)
+        marker = await asyncio.wait_for(live.__anext__(), TIMEOUT)
+        assert marker.data is None and marker.id == before
+        missed = await broadcast.publish(channel, "published while reconnecting")
+        resumed = broadcast.subscribe(channel, last_event_id=marker.id)
+        assert [(e.id, e.data) for e in await take(resumed, 1)] == [
+            (missed, "published while reconnecting")
+        ]
 
 
 async def test_replay_after_last_event_id_then_live_without_gap_or_duplicate(url: str) -> None:
@@ -152,6 +174,8 @@ async def test_close_ends_subscriptions(url: str) -> None:
     channel = uuid.uuid4().hex
     broadcast = Broadcast(url)
     subscription = broadcast.subscribe(channel)
+    marker = await asyncio.wait_for(subscription.__anext__(), TIMEOUT)
+    assert marker.data is None
     waiting = asyncio.ensure_future(subscription.__anext__())
     await asyncio.sleep(0)
     await broadcast.close()
@@ -297,6 +321,9 @@ class BroadcastMachine(RuleBasedStateMachine):
                         subscription.end_reason
                     )
                     return
+                if event.data is None:
+                    assert event.id is not None  # a position marker, first of a live stream
+                    continue
                 if event.event == "resync":
                     assert not record["received"] and not record["resynced"]
                     assert record["may_resync"] or self.late_resync_allowed(record)

@@ -15,6 +15,12 @@ events after that id, then live ones. The seam between the two is made exact by
 the ids themselves: a subscription never accepts an event whose id is not greater
 than the last one it accepted, so an event that arrives both ways is taken once.
 
+A subscription starts with a *position marker*: an event with an ``id`` and no
+data. Browsers do not dispatch it, but remember it as ``lastEventId``; so a page
+that loses its connection before its first real event still reconnects with
+``Last-Event-ID`` and misses nothing (a plain EventSource would come back "live"
+and lose what was published in between).
+
 An id the history no longer covers (trimmed by retention), or does not know
 (another server's, or from before a restart), yields one ``resync`` event instead
 of a silent gap, so the application can reload its state. A subscriber more than
@@ -64,6 +70,9 @@ class BroadcastUnavailable(ConnectionError):
 class Subscription:
     """One subscriber's events: an async iterator of :class:`ServerSentEvent` with ids.
 
+    The first item of a live subscription is a position marker (an id and no
+    data): EventSource does not dispatch it, but resumes from it.
+
     Ends (``StopAsyncIteration``) when closed, when it falls more than its queue
     size behind, when the broadcast closes, or when the backend goes away.
     ``aclose()`` unsubscribes at once; an :class:`EventSourceResponse` calls it
@@ -111,6 +120,12 @@ class Subscription:
         """Accept only events after ``key`` from now on."""
         self._last = key
 
+    def mark(self, key: Key, event_id: str) -> None:
+        """Start at ``key``, and tell the client so (an id-only event, not dispatched)."""
+        self._last = key
+        self._queue.append(ServerSentEvent(id=event_id))
+        self._wake()
+
     def hold_live(self) -> None:
         """Keep live events aside until :meth:`release_live` (during an async replay)."""
         self._held = []
@@ -123,9 +138,12 @@ class Subscription:
         self._allowance = len(self._queue)
         self._wake()
 
-    def resync(self, name: str, key: Key | None) -> None:
-        """The id asked for is unknown or expired: say so, then go on live."""
-        self._queue.append(ServerSentEvent(data="", event=name))
+    def resync(self, name: str, key: Key, event_id: str) -> None:
+        """The id asked for is unknown or expired: say so, then go on live.
+
+        The resync event carries the position it resumes from as its id.
+        """
+        self._queue.append(ServerSentEvent(data="", event=name, id=event_id))
         self._last = key
         self._wake()
 
@@ -236,7 +254,7 @@ class _MemoryBackend:
         newest = channel.next_id - 1
         channel.subscribers.add(subscription)
         if last_event_id is None:
-            subscription.start_after(newest)
+            subscription.mark(newest, str(newest))
             return
         try:
             after = int(last_event_id)
@@ -244,7 +262,7 @@ class _MemoryBackend:
             after = -1
         oldest = channel.events[0][0] if channel.events else channel.next_id
         if after < 0 or after > newest or after < oldest - 1:
-            subscription.resync(self._b.resync_event, newest)  # unknown or expired
+            subscription.resync(self._b.resync_event, newest, str(newest))  # unknown or expired
             return
         subscription.start_after(after)
         subscription.replay(
@@ -270,6 +288,9 @@ class _RedisChannel:
         self.subscribers: set[Subscription] = set()
         self.ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.reader: asyncio.Task[None] | None = None
+        #: The id of the last entry the reader fanned out (None until it started):
+        #: a subscription registered now receives exactly the entries after it.
+        self.position: str | None = None
 
 
 class _RedisBackend:
@@ -345,12 +366,13 @@ class _RedisBackend:
             channel = self._channels[name] = _RedisChannel()
             channel.reader = asyncio.get_running_loop().create_task(self._read(name, channel))
         channel.subscribers.add(subscription)
+        registered_at = channel.position
         # Until the replay is done, live events wait aside; ids sort out the seam.
         subscription.hold_live()
 
         async def start() -> None:
             try:
-                await self._start(subscription, channel, last_event_id)
+                await self._start(subscription, channel, last_event_id, registered_at)
             except BroadcastUnavailable:
                 subscription.end("unavailable")
             finally:
@@ -359,11 +381,17 @@ class _RedisBackend:
         subscription.begin(start())
 
     async def _start(
-        self, subscription: Subscription, channel: _RedisChannel, last: str | None
+        self,
+        subscription: Subscription,
+        channel: _RedisChannel,
+        last: str | None,
+        registered_at: str | None,
     ) -> None:
-        position = await asyncio.shield(channel.ready)  # where the reader started
+        started_at = await asyncio.shield(channel.ready)  # where the reader started
+        # Entries fanned out after the registration are exactly those after this id.
+        position = registered_at or started_at
         if last is None:
-            subscription.start_after(_redis_key(position))
+            subscription.mark(_redis_key(position), position)
             return
         client = self._connection()
         key = self._key(subscription.channel)
@@ -377,18 +405,10 @@ class _RedisBackend:
             wanted = _redis_key(last)
         except ValueError:
             wanted = None
-        newest = _redis_key(info["last-generated-id"]) if info else (0, 0)
-        first_entry = info.get("first-entry") if info else None
-        oldest = _redis_key(first_entry[0]) if first_entry else None
-        if (
-            wanted is None
-            or wanted > newest
-            or (oldest is not None and wanted < oldest)  # its successors may be trimmed
-            or (oldest is None and wanted < newest)  # everything after it was trimmed
-        ):
+        if wanted is None or self._beyond_history(info, wanted):
             # Live from the registration on: exactly the events held since
             # subscribe() was called - the stream's end *now* could be later.
-            subscription.resync(self._b.resync_event, None)
+            subscription.resync(self._b.resync_event, _redis_key(position), position)
             return
         try:
             entries = await client.xrange(key, min=f"({last}", max="+", count=self._b.retention)
@@ -396,6 +416,25 @@ class _RedisBackend:
             raise self._unavailable(exc) from exc
         subscription.start_after(wanted)
         subscription.replay([(_redis_key(i), self._event(i, f)) for i, f in entries])
+
+    def _beyond_history(self, info: dict[str, Any] | None, wanted: tuple[int, int]) -> bool:
+        """Is ``wanted`` unknown to this stream, or might entries after it be gone?"""
+        newest = _redis_key(info["last-generated-id"]) if info else (0, 0)
+        if wanted > newest:
+            return True  # another stream's id, or one from before Redis lost its data
+        if wanted == newest or info is None:
+            return False  # nothing after it to miss
+        added, length = info.get("entries-added"), info.get("length", 0)
+        if added is not None and added == length:
+            return False  # nothing was ever trimmed (Redis 7 counts entries added)
+        if added is None and length < self._b.retention and self._b.max_age is None:
+            return False  # older Redis: MAXLEN cannot have trimmed a shorter stream
+        # Something was trimmed. The entries after `wanted` are all still here only
+        # if `wanted` is at least the first one; the ids of trimmed entries are not
+        # kept (max-deleted-entry-id stays 0-0 after MAXLEN, ../shared/NOTES.md),
+        # so an id older than the first entry cannot be vouched for.
+        first_entry = info.get("first-entry")
+        return first_entry is None or wanted < _redis_key(first_entry[0])
 
     @staticmethod
     def _event(entry_id: str, fields: dict[str, str]) -> ServerSentEvent:
@@ -410,12 +449,13 @@ class _RedisBackend:
         try:
             latest = await client.xrevrange(key, count=1)
             position = latest[0][0] if latest else "0-0"
+            channel.position = position
             channel.ready.set_result(position)
             while channel.subscribers and not self._closed:
                 answer = await client.xread({key: position}, block=REDIS_BLOCK, count=500)
                 for _stream, entries in answer or ():
                     for entry_id, fields in entries:
-                        position = entry_id
+                        position = channel.position = entry_id
                         message = self._event(entry_id, fields)
                         entry_key = _redis_key(entry_id)
                         for subscription in list(channel.subscribers):
