@@ -35,9 +35,7 @@ with atheris.instrument_imports():
     import h11  # noqa: F401 - instrumented: its branches guide the fuzzer too
 
     import tinystream  # noqa: F401
-    from tests.helpers import FakeTransport, settle
-    from tests.test_fuzz import VALID, check_request_is_sane, drive, parse_output
-    from tinystream.server import HTTPConnection
+    from tests.test_fuzz import VALID, check_connection
 
 CORPUS = ROOT / "scripts" / "fuzz_corpus"
 ENDINGS = ("none", "eof", "lost")
@@ -57,28 +55,12 @@ logging.getLogger("tinystream").setLevel(logging.DEBUG)
 logging.getLogger("tinystream").propagate = False
 
 
-async def one_input(data: bytes, cuts: list[int], ending: str) -> None:
-    transport, recorder, ctx = await drive(data, cuts, ending)
-    for request in recorder.requests:
-        check_request_is_sane(request)
-    statuses = parse_output(bytes(transport.written), [r.method for r in recorder.requests])
-    assert all(status == 200 for status in statuses[:-1]), statuses
-    if statuses and statuses[-1] != 200:
-        assert 400 <= statuses[-1] <= 599 and (transport.closed or transport.eof_written)
-    fresh = HTTPConnection(ctx)
-    fresh_transport = FakeTransport(fresh)
-    fresh.connection_made(fresh_transport)
-    fresh.data_received(VALID[0])
-    await settle(fresh)
-    assert parse_output(bytes(fresh_transport.written), ["GET"]) == [200]
-
-
 def test_one_input(raw: bytes) -> None:
     provider = atheris.FuzzedDataProvider(raw)
     ending = ENDINGS[provider.ConsumeIntInRange(0, 2)]
     cuts = [provider.ConsumeIntInRange(0, 4096), provider.ConsumeIntInRange(0, 4096)]
     data = provider.ConsumeBytes(provider.remaining_bytes())
-    loop.run_until_complete(one_input(data, cuts, ending))
+    loop.run_until_complete(check_connection(data, cuts, ending))
     assert not loop_errors, loop_errors
 
 

@@ -18,6 +18,8 @@ import pytest
 
 from tinystream.testing import ClientConnection
 
+from .helpers import make_certificate
+
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 10.0
 URL = re.compile(rb"tinystream listening on (https?)://127\.0\.0\.1:(\d+)")
@@ -199,31 +201,7 @@ async def test_unix_socket(app_dir: Path, tmp_path: Path) -> None:
 
 
 async def test_tls(app_dir: Path, tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    await asyncio.to_thread(
-        subprocess.run,
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=TIMEOUT,
-    )
+    cert, key = await asyncio.to_thread(make_certificate, tmp_path)
     args = ("cliapp:app", "--port", "0", "--certfile", str(cert), "--keyfile", str(key))
     async with serving(app_dir, *args) as (process, scheme, port):
         assert scheme == "https"

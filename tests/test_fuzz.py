@@ -143,6 +143,26 @@ async def drive(data: bytes, cuts: list[int], ending: str) -> tuple[FakeTranspor
     return transport, recorder, protocol.ctx
 
 
+async def check_connection(data: bytes, cuts: list[int], ending: str) -> None:
+    """Drive one connection and check the invariant (also scripts/fuzz.py's oracle)."""
+    transport, recorder, ctx = await drive(data, cuts, ending)
+    for request in recorder.requests:
+        check_request_is_sane(request)
+    statuses = parse_output(bytes(transport.written), [r.method for r in recorder.requests])
+    # A served request is answered 200; a refusal is the last thing on the wire.
+    assert all(status == 200 for status in statuses[:-1]), statuses
+    if statuses and statuses[-1] != 200:
+        assert 400 <= statuses[-1] <= 599
+        assert transport.closed or transport.eof_written
+    # The server still serves a new connection normally.
+    fresh = HTTPConnection(ctx)
+    fresh_transport = FakeTransport(fresh)
+    fresh.connection_made(fresh_transport)
+    fresh.data_received(VALID[0])
+    await settle(fresh)
+    assert parse_output(bytes(fresh_transport.written), ["GET"]) == [200]
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     chunks=st.lists(pieces, min_size=1, max_size=6),
@@ -166,22 +186,7 @@ def test_fuzzed_connections_keep_the_invariant(
 
     async def scenario() -> None:
         asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
-        transport, recorder, ctx = await drive(data, cuts, ending)
-        for request in recorder.requests:
-            check_request_is_sane(request)
-        statuses = parse_output(bytes(transport.written), [r.method for r in recorder.requests])
-        # A served request is answered 200; a refusal is the last thing on the wire.
-        assert all(status == 200 for status in statuses[:-1])
-        if statuses and statuses[-1] != 200:
-            assert 400 <= statuses[-1] <= 599
-            assert transport.closed or transport.eof_written
-        # The server still serves a new connection normally.
-        fresh = HTTPConnection(ctx)
-        fresh_transport = FakeTransport(fresh)
-        fresh.connection_made(fresh_transport)
-        fresh.data_received(VALID[0])
-        await settle(fresh)
-        assert parse_output(bytes(fresh_transport.written), ["GET"]) == [200]
+        await check_connection(data, cuts, ending)
 
     try:
         asyncio.run(scenario())
