@@ -1,0 +1,132 @@
+"""What every connection of one server shares, and what every response ends with.
+
+:class:`ServerContext` holds the handler, the options and the counters; the
+status phrases and the once-a-second ``Date`` value are built here once; and
+:func:`response_ended` is the single place where a response is counted and its
+access-log line written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from ._threads import shared_pool
+from .config import Config
+from .request import Request
+from .responses import Response, StreamingResponse
+
+if TYPE_CHECKING:
+    from .server import HTTPConnection
+
+__all__ = ["PHRASES", "Handler", "ServerContext", "date_header", "response_ended"]
+
+access_logger = logging.getLogger("tinystream.access")
+
+AnyResponse = Response | StreamingResponse
+Handler = Callable[[Request], Awaitable[AnyResponse] | AnyResponse]
+
+PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+
+
+class _DateHeader:
+    """The ``Date`` field value, formatted once per second (RFC 9110 §6.6.1)."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True).encode("ascii")
+        return self._value
+
+
+_date = _DateHeader()
+date_header = _date.get
+
+
+class ServerContext:
+    """What every connection of one server shares: the handler, options and counters."""
+
+    def __init__(self, handler: Handler, config: Config) -> None:
+        self.handler = handler
+        self.is_async = _is_async_callable(handler)
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.pool = shared_pool(config.max_threads)
+        self.connections: set[HTTPConnection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.shutting_down = asyncio.Event()
+        self.open_streams = 0
+        self.requests_served = 0
+        #: How responses ended, by access-log outcome ("complete", "client_gone" ...).
+        self.outcomes: dict[str, int] = {}
+        #: Called after each connection closes (graceful shutdown waits with it).
+        self.on_connection_closed: Callable[[], None] | None = None
+        #: Futures of ``Server.wait_stats`` callers, resolved whenever a statistic
+        #: changes. Empty in production, so notifying costs one truth test.
+        self.stats_waiters: list[asyncio.Future[None]] = []
+        base: list[tuple[bytes, bytes]] = []
+        if config.server_header:
+            base.append((b"server", config.server_header.encode("latin-1")))
+        self.base_headers = base
+
+    def notify_stats(self) -> None:
+        waiters, self.stats_waiters = self.stats_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def response_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """A response's fields plus ``Date``, ``Server`` and (stopping) ``Connection: close``."""
+        fields = [*headers, (b"date", _date.get()), *self.base_headers]
+        if self.shutting_down.is_set():
+            fields.append((b"connection", b"close"))
+        return fields
+
+
+def _is_async_callable(handler: object) -> bool:
+    if inspect.iscoroutinefunction(handler):
+        return True
+    call = getattr(handler, "__call__", None)  # noqa: B004 - a class instance's method
+    return inspect.iscoroutinefunction(call)
+
+
+def response_ended(
+    conn: HTTPConnection,
+    method: str,
+    target: str,
+    version: str,
+    status: int,
+    size: int,
+    duration: float,
+    outcome: str,
+) -> None:
+    """Count how the response ended, and write its access-log line."""
+    outcomes = conn.ctx.outcomes
+    outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    if not conn.ctx.config.access_log or not access_logger.isEnabledFor(logging.INFO):
+        return
+    host = conn.client[0] if conn.client else "-"
+    access_logger.info(
+        '%s "%s %s HTTP/%s" %d %d %.1fms %s',
+        host,
+        method,
+        target,
+        version,
+        status,
+        size,
+        duration * 1000,
+        outcome,
+    )
