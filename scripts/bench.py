@@ -432,7 +432,16 @@ def main() -> int:
     parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
+    parser.add_argument("--markdown", type=Path, help="also write the tables as Markdown here")
+    parser.add_argument("--from-json", type=Path, help="only render the tables of an earlier run")
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        for scenario, by_server in saved["results"].items():
+            print_table(SCENARIOS[scenario][0], by_server)
+        if args.markdown:
+            args.markdown.write_text(markdown(saved))
+        return 0
     size = QUICK if args.quick else FULL
     repeat = 1 if args.quick else args.repeat
     servers = args.servers.split(",")
@@ -466,6 +475,50 @@ def main() -> int:
     for failure in failures:
         print("FAILED", failure)
     return 1 if failures else 0
+
+
+def machine() -> str:
+    import platform
+
+    cpu = "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        match = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
+        cpu = match.group(1).strip() if match else cpu
+    return f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}"
+
+
+def markdown(saved: dict[str, Any]) -> str:
+    lines = [
+        f"Run: {saved.get('date', '?')} on {saved.get('machine', '?')}; "
+        f"{saved['repeat']} repetition(s), sizes {saved['size']}.",
+        "",
+    ]
+    for scenario, by_server in saved["results"].items():
+        lines += [
+            f"### {SCENARIOS[scenario][0]}",
+            "",
+            "| server | figure | median | min - max | vs tinystream |",
+            "|---|---|---|---|---|",
+        ]
+        figures = sorted({key for runs in by_server.values() for run in runs for key in run})
+        for key in figures:
+            base_runs = [r[key] for r in by_server.get("tinystream", []) if key in r]
+            base = statistics.median(base_runs) if base_runs else None
+            for name, runs in by_server.items():
+                values = [r[key] for r in runs if key in r]
+                if not values:
+                    continue
+                median = statistics.median(values)
+                ratio = f"{median / base:.2f}x" if base else ""
+                lines.append(
+                    f"| {name} | {key} | {median:,.2f} | {min(values):,.2f} - {max(values):,.2f} | {ratio} |"
+                )
+        lines.append("")
+    if saved.get("failures"):
+        lines += ["Measurements that did not verify (not counted):", ""]
+        lines += [f"- {failure}" for failure in saved["failures"]]
+    return "\n".join(lines) + "\n"
 
 
 def print_table(title: str, by_server: dict[str, list[dict[str, float]]]) -> None:

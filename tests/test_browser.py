@@ -73,7 +73,8 @@ async def test_eventsource_self_test_in_chromium(tmp_path: Path, gzip: str) -> N
     assert report["opens"] == 2
     assert selftest.last_event_ids == [None, "5"]
     assert selftest.compressed == [gzip == "1"] * 2  # Chromium accepts gzip: it was used
-    assert RETRY_MS * 0.8 <= report["reconnectDelay"] < 2500
+    # Under the 3 s Chromium uses by default: the server's retry was honoured.
+    assert RETRY_MS * 0.8 <= report["reconnectDelay"] < 2900
 
 
 async def test_demo_page_resumes_the_chat_after_a_server_restart(tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ async def test_request_built_by_hand() -> None:
 
 
 async def test_body_can_be_read_once_as_a_stream_and_is_cached_by_body() -> None:
-    reader = BodyReader(lambda unread: None, None)
+    reader = BodyReader()
     request = Request("POST", "/", body=reader)
     reader.feed(b"abc")
     reader.feed(b"def")
@@ -74,7 +74,7 @@ async def test_body_can_be_read_once_as_a_stream_and_is_cached_by_body() -> None
     assert await request.body() == b"abcdef"
     assert await request.body() == b"abcdef"
     assert [c async for c in request.stream()] == [b"abcdef"]
-    streamed = Request("POST", "/", body=BodyReader(lambda unread: None, None))
+    streamed = Request("POST", "/", body=BodyReader())
     streamed._body.finish()
     assert [c async for c in streamed.stream()] == []
     with pytest.raises(RuntimeError, match="already been consumed"):
@@ -82,7 +82,7 @@ async def test_body_can_be_read_once_as_a_stream_and_is_cached_by_body() -> None
 
 
 async def test_json_body_errors_are_400() -> None:
-    reader = BodyReader(lambda unread: None, None)
+    reader = BodyReader()
     reader.feed(b"{not json")
     reader.finish()
     with pytest.raises(HTTPError) as info:
@@ -93,7 +93,15 @@ async def test_json_body_errors_are_400() -> None:
 async def test_body_reader_reports_unread_bytes_and_first_read() -> None:
     unread_seen: list[int] = []
     first = asyncio.Event()
-    reader = BodyReader(unread_seen.append, first.set)
+
+    class Listener:
+        def body_unread(self, unread: int) -> None:
+            unread_seen.append(unread)
+
+        def body_first_read(self) -> None:
+            first.set()
+
+    reader = BodyReader(Listener())
     reader.feed(b"12345")
     assert unread_seen == [5] and not first.is_set()
     assert await reader.read() == b"12345"

@@ -71,7 +71,7 @@ class Exchange:
         self.conn = conn
         ctx = conn.ctx
         self.time_start = time.perf_counter()
-        self.body = BodyReader(self._on_unread, self._on_first_read)
+        self.body = BodyReader(self)
         self.body_received = 0
         self.disconnected = Disconnect()
         self.request = request = Request.__new__(Request)  # target already parsed: no __init__
@@ -138,7 +138,7 @@ class Exchange:
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
-    def _on_unread(self, unread: int) -> None:
+    def body_unread(self, unread: int) -> None:
         flow = self.conn.flow
         assert flow is not None
         high = self.conn.ctx.config.read_high_water
@@ -147,7 +147,7 @@ class Exchange:
         elif unread <= high // 2:
             flow.resume_reading(ReadPause.BODY)
 
-    def _on_first_read(self) -> None:
+    def body_first_read(self) -> None:
         # RFC 9110 §10.1.1: a client that sent "Expect: 100-continue" waits for this
         # before sending the body; we send it only when the handler wants the body.
         conn = self.conn

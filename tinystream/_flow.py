@@ -29,32 +29,43 @@ class ReadPause(enum.IntFlag):
 
 
 class FlowControl:
-    __slots__ = ("_read_paused", "_transport", "_writable", "write_paused")
+    __slots__ = ("_closed", "_read_paused", "_transport", "_waiter", "write_paused")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        self._writable = asyncio.Event()
-        self._writable.set()
         self.write_paused = False
+        self._closed = False
+        # Created only when a writer must wait: most connections never do, and an
+        # idle event stream should cost as little memory as possible.
+        self._waiter: asyncio.Future[None] | None = None
         self._read_paused = ReadPause(0)
 
     # Writing
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        self._writable.clear()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self._writable.set()
+        self._wake()
 
     async def wait_writable(self) -> None:
         """Return when the transport can take more data, or the connection is lost."""
-        await self._writable.wait()
+        if not self.write_paused or self._closed:
+            return
+        if self._waiter is None or self._waiter.done():  # done: its waiter was cancelled
+            self._waiter = asyncio.get_running_loop().create_future()
+        await self._waiter
 
     def release(self) -> None:
         """The connection is gone: wake every writer so it can notice."""
-        self._writable.set()
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # Reading
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 from .datastructures import Headers, QueryParams
 from .errors import HTTPError
 
-__all__ = ["BodyReader", "Disconnect", "Request", "parse_target"]
+__all__ = ["BodyListener", "BodyReader", "Disconnect", "Request", "parse_target"]
 
 # A '%' not followed by two hex digits (RFC 3986 §2.1).
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -55,38 +55,36 @@ def parse_target(method: bytes, target: bytes) -> tuple[str, str]:
     return path, query
 
 
+class BodyListener(Protocol):
+    """Who a :class:`BodyReader` reports to (the connection's exchange)."""
+
+    def body_unread(self, unread: int) -> None:
+        """The number of received, unread body bytes changed (flow control)."""
+
+    def body_first_read(self) -> None:
+        """The handler asked for the body for the first time (``100 Continue``)."""
+
+
 class BodyReader:
     """The request body on its way from the connection to the handler.
 
     The connection :meth:`feed`\\ s chunks as h11 parses them and :meth:`finish`\\ es
-    or :meth:`fail`\\ s it; the handler reads with :meth:`read`. ``on_unread`` is
+    or :meth:`fail`\\ s it; the handler reads with :meth:`read`. The ``listener`` is
     told the number of unread bytes after every change, which is how the connection
-    pauses the socket when a handler reads slowly. ``on_first_read`` fires when the
-    handler first asks for the body (the moment to send ``100 Continue``).
+    pauses the socket when a handler reads slowly, and when the handler first asks
+    for the body (the moment to send ``100 Continue``).
     """
 
-    __slots__ = (
-        "_chunks",
-        "_complete",
-        "_error",
-        "_waiter",
-        "on_first_read",
-        "on_unread",
-        "started",
-        "unread",
-    )
+    __slots__ = ("_chunks", "_complete", "_error", "_listener", "_waiter", "started", "unread")
 
-    def __init__(
-        self, on_unread: Callable[[int], None], on_first_read: Callable[[], None] | None
-    ) -> None:
+    def __init__(self, listener: BodyListener | None = None) -> None:
         self._chunks: list[bytes] = []
         self._complete = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self.unread = 0
         self.started = False
-        self.on_unread = on_unread
-        self.on_first_read = on_first_read
+        self._listener = listener
 
     @property
     def complete(self) -> bool:
@@ -96,7 +94,8 @@ class BodyReader:
         self._chunks.append(data)
         self.unread += len(data)
         self._wake()
-        self.on_unread(self.unread)
+        if self._listener is not None:
+            self._listener.body_unread(self.unread)
 
     def finish(self) -> None:
         self._complete = True
@@ -116,14 +115,15 @@ class BodyReader:
         """Every chunk received and not yet read, joined; ``None`` at the end."""
         if not self.started:
             self.started = True
-            if self.on_first_read is not None:
-                self.on_first_read()
+            if self._listener is not None:
+                self._listener.body_first_read()
         while True:
             if self._chunks:
                 chunks, self._chunks = self._chunks, []
                 data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 self.unread = 0
-                self.on_unread(0)
+                if self._listener is not None:
+                    self._listener.body_unread(0)
                 return data
             if self._error is not None:
                 raise self._error
@@ -164,7 +164,7 @@ class Disconnect:
 
 
 def _empty_body() -> BodyReader:
-    reader = BodyReader(lambda _unread: None, None)
+    reader = BodyReader()
     reader.finish()
     return reader
 
@@ -187,6 +187,7 @@ class Request:
         "_body",
         "_body_cache",
         "_disconnected",
+        "_path_params",
         "_query_params",
         "_shutting_down",
         "_streamed",
@@ -195,7 +196,6 @@ class Request:
         "http_version",
         "method",
         "path",
-        "path_params",
         "query",
         "target",
     )
@@ -248,13 +248,24 @@ class Request:
         self.headers = headers
         self.http_version = http_version
         self.client = client
-        self.path_params: dict[str, str] = {}
+        self._path_params: dict[str, str] | None = None
         self._query_params: QueryParams | None = None
         self._body = body
         self._body_cache: bytes | None = None
         self._streamed = False
         self._disconnected = disconnected
         self._shutting_down = shutting_down
+
+    @property
+    def path_params(self) -> dict[str, str]:
+        """Values captured by a :class:`~tinystream.Router` route (``{}`` without one)."""
+        if self._path_params is None:
+            self._path_params = {}  # made on demand: most requests never need one
+        return self._path_params
+
+    @path_params.setter
+    def path_params(self, params: dict[str, str]) -> None:
+        self._path_params = params
 
     @property
     def query_params(self) -> QueryParams:

@@ -8,6 +8,7 @@ response is built, so a bad header is a ``ValueError`` in the handler that made 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import AsyncIterable, Iterable, Mapping
@@ -60,12 +61,15 @@ def encode_headers(headers: HeadersArg) -> list[tuple[bytes, bytes]]:
     return encoded
 
 
-def _content_type(media_type: str | None, text: bool) -> str | None:
+@functools.lru_cache(maxsize=256)
+def _content_type(media_type: str | None, text: bool) -> tuple[bytes, bytes] | None:
+    # Cached: a handful of media types serve every response, and sharing the field
+    # keeps per-response (per idle stream) memory down.
     if media_type is None:
-        return "text/plain; charset=utf-8" if text else None
+        return (b"content-type", b"text/plain; charset=utf-8") if text else None
     if media_type.startswith("text/") and "charset" not in media_type:
-        return media_type + "; charset=utf-8"
-    return media_type
+        media_type += "; charset=utf-8"
+    return (b"content-type", media_type.encode("latin-1"))
 
 
 def _check_status(status: int) -> None:
@@ -89,7 +93,7 @@ class BaseResponse:
         self.headers = encode_headers(headers)
         content_type = _content_type(media_type, text)
         if content_type is not None and not any(n == b"content-type" for n, _ in self.headers):
-            self.headers.append((b"content-type", content_type.encode("latin-1")))
+            self.headers.append(content_type)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.status}>"

@@ -83,6 +83,26 @@ class ConnState(enum.Enum):
 class HTTPConnection(asyncio.Protocol):
     """One client connection: transport callbacks, the h11 loop, keep-alive and timeouts."""
 
+    # Slots: thousands of idle event-stream connections each carry one of these.
+    __slots__ = (
+        "_config",
+        "_deadline",
+        "_guard",
+        "_keep_alive",
+        "_over_capacity",
+        "_pipelined",
+        "_reset_check",
+        "_stall_timer",
+        "client",
+        "client_eof",
+        "ctx",
+        "exchange",
+        "flow",
+        "h11",
+        "state",
+        "transport",
+    )
+
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self._config = ctx.config

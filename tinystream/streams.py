@@ -11,6 +11,7 @@ a last event at shutdown, probing a client that sent EOF - lives in the connecti
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -29,6 +30,9 @@ SSE_MEDIA_TYPE = "text/event-stream; charset=utf-8"
 NDJSON_MEDIA_TYPE = "application/x-ndjson"
 
 EventLike = ServerSentEvent | str | Mapping[str, Any]
+# Shared by every event stream: an idle stream should cost as little as possible.
+_NO_CACHE = (b"cache-control", b"no-cache")
+_NO_PROXY_BUFFERING = (b"x-accel-buffering", b"no")
 
 
 def encode_event(item: object) -> bytes:
@@ -53,7 +57,7 @@ def _dumps(item: object) -> str:
 
 
 def _map_sync(
-    items: Iterable[Any], convert: Callable[[Any], Any], on_error: Callable[[], bytes] | None
+    items: Iterable[Any], convert: Callable[[Any], Any], error: bytes | None
 ) -> Iterator[Any]:
     # A sync generator, so the server runs it (and the user's next()) in a worker
     # thread; its finally closes the user's iterator when the server closes it.
@@ -62,9 +66,10 @@ def _map_sync(
         for item in iterator:
             yield convert(item)
     except Exception:
-        if on_error is None:
+        if error is None:
             raise
-        yield on_error()
+        logger.exception("event producer failed; ending the stream with an error event")
+        yield error
     finally:
         close = getattr(iterator, "close", None)
         if close is not None:
@@ -72,16 +77,17 @@ def _map_sync(
 
 
 async def _map_async(
-    items: AsyncIterable[Any], convert: Callable[[Any], Any], on_error: Callable[[], bytes] | None
+    items: AsyncIterable[Any], convert: Callable[[Any], Any], error: bytes | None
 ) -> AsyncIterator[Any]:
     iterator = items.__aiter__()
     try:
         async for item in iterator:
             yield convert(item)
     except Exception:
-        if on_error is None:
+        if error is None:
             raise
-        yield on_error()
+        logger.exception("event producer failed; ending the stream with an error event")
+        yield error
     finally:
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
@@ -91,13 +97,17 @@ async def _map_async(
 def _map(
     items: Iterable[Any] | AsyncIterable[Any],
     convert: Callable[[Any], Any],
-    on_error: Callable[[], bytes] | None = None,
+    error: bytes | None = None,
 ) -> Iterable[Any] | AsyncIterable[Any]:
-    """``convert`` applied to every item, sync staying sync; closing it closes ``items``."""
+    """``convert`` applied to every item, sync staying sync; closing it closes ``items``.
+
+    With ``error``, an exception from the producer is logged and ``error`` (the
+    wire bytes of a last event) ends the stream instead.
+    """
     if isinstance(items, AsyncIterable):
-        return _map_async(items, convert, on_error)
+        return _map_async(items, convert, error)
     if isinstance(items, Iterable) and not isinstance(items, (str, bytes, bytearray, Mapping)):
-        return _map_sync(items, convert, on_error)
+        return _map_sync(items, convert, error)
     raise TypeError(f"expected a sync or async iterable of items, got {type(items).__name__}")
 
 
@@ -106,6 +116,12 @@ def _event_name(option: str, value: object) -> str:
         raise TypeError(f"{option} must be a non-empty str, got {value!r}")
     ServerSentEvent(event=value)  # the same single-line rule as any event name
     return value
+
+
+@functools.lru_cache(maxsize=64)
+def _final_event(name: str, data: str, retry: int | None) -> ServerSentEvent:
+    # Shared between responses (never mutated): most streams use the defaults.
+    return ServerSentEvent(data=data, event=name, retry=retry)
 
 
 class EventSourceResponse(StreamingResponse):
@@ -165,20 +181,12 @@ class EventSourceResponse(StreamingResponse):
         self.retry = retry
         #: Bytes the server sends right after the head, before any event.
         self.prelude = b"" if retry is None else ServerSentEvent(retry=retry).encode()
-        self.error_event = ServerSentEvent(event=_event_name("error_event", error_event), data="")
-        self.shutdown_event = ServerSentEvent(
-            event=_event_name("shutdown_event", shutdown_event),
-            data=shutdown_data,
-            retry=shutdown_retry,
+        self.error_event = _final_event(_event_name("error_event", error_event), "", None)
+        self.shutdown_event = _final_event(
+            _event_name("shutdown_event", shutdown_event), shutdown_data, shutdown_retry
         )
-        error_bytes = self.error_event.encode()
-
-        def on_error() -> bytes:
-            logger.exception("event producer failed; ending the stream with %r", error_event)
-            return error_bytes
-
         super().__init__(
-            _map(events, encode_event, on_error),
+            _map(events, encode_event, self.error_event.encode()),
             status,
             headers,
             media_type=SSE_MEDIA_TYPE,
@@ -186,9 +194,9 @@ class EventSourceResponse(StreamingResponse):
         )
         names = {name for name, _ in self.headers}
         if b"cache-control" not in names:
-            self.headers.append((b"cache-control", b"no-cache"))
+            self.headers.append(_NO_CACHE)
         if b"x-accel-buffering" not in names:
-            self.headers.append((b"x-accel-buffering", b"no"))
+            self.headers.append(_NO_PROXY_BUFFERING)
 
 
 class NDJSONResponse(StreamingResponse):
