@@ -48,6 +48,24 @@ def pinned(cpu: str, command: list[str]) -> list[str]:
     )  # type: ignore[operator]
 
 
+def uvicorn(port: int, http: str, loop: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "benchmarks.apps.starlette_app:app",
+        "--port",
+        str(port),
+        "--http",
+        http,
+        "--loop",
+        loop,
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
 SERVERS: dict[str, Callable[[int], list[str]]] = {
     "tinystream": lambda port: [
         sys.executable,
@@ -60,36 +78,8 @@ SERVERS: dict[str, Callable[[int], list[str]]] = {
         "--log-level",
         "warning",
     ],
-    "uvicorn-h11": lambda port: [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "benchmarks.apps.starlette_app:app",
-        "--port",
-        str(port),
-        "--http",
-        "h11",
-        "--loop",
-        "asyncio",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ],
-    "uvicorn-httptools-uvloop": lambda port: [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "benchmarks.apps.starlette_app:app",
-        "--port",
-        str(port),
-        "--http",
-        "httptools",
-        "--loop",
-        "uvloop",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ],
+    "uvicorn-h11": lambda port: uvicorn(port, "h11", "asyncio"),
+    "uvicorn-httptools-uvloop": lambda port: uvicorn(port, "httptools", "uvloop"),
     "hypercorn": lambda port: [
         sys.executable,
         "-m",

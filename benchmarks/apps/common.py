@@ -16,6 +16,7 @@ Endpoints (same behaviour in every framework):
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 HELLO = b"hello, world\n"
 CHUNK = b"b" * 65536
@@ -39,3 +40,17 @@ def producer_finished(probe: bool) -> None:
 
 def closed_report() -> dict[str, object]:
     return {"closed": closed[-50:], "live": live}
+
+
+def counted(produce: AsyncIterator[bytes], probe: bool) -> AsyncIterator[bytes]:
+    """``produce``, counted in ``live`` while it runs; a probe's finally is timed."""
+
+    async def wrapper() -> AsyncIterator[bytes]:
+        producer_started()
+        try:
+            async for item in produce:
+                yield item
+        finally:
+            producer_finished(probe)
+
+    return wrapper()

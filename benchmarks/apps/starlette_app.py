@@ -70,25 +70,13 @@ async def idle(request: Request) -> EventSourceResponse:
     return EventSourceResponse(events(), ping=NO_PING)
 
 
-def counted(produce: AsyncIterator[bytes], probe: bool) -> AsyncIterator[bytes]:
-    async def wrapper() -> AsyncIterator[bytes]:
-        common.producer_started()
-        try:
-            async for item in produce:
-                yield item
-        finally:
-            common.producer_finished(probe)
-
-    return wrapper()
-
-
 async def endless(request: Request) -> StreamingResponse:
     async def chunks() -> AsyncIterator[bytes]:
         while True:
             yield common.CHUNK
             await asyncio.sleep(0)
 
-    return StreamingResponse(counted(chunks(), probe=False))
+    return StreamingResponse(common.counted(chunks(), probe=False))
 
 
 async def probe_await(request: Request) -> StreamingResponse:
@@ -96,7 +84,7 @@ async def probe_await(request: Request) -> StreamingResponse:
         yield b"first"
         await asyncio.Event().wait()
 
-    return StreamingResponse(counted(chunks(), probe=True))
+    return StreamingResponse(common.counted(chunks(), probe=True))
 
 
 async def probe_busy(request: Request) -> StreamingResponse:
@@ -104,7 +92,7 @@ async def probe_busy(request: Request) -> StreamingResponse:
         while True:
             yield common.CHUNK  # never awaits
 
-    return StreamingResponse(counted(chunks(), probe=True))
+    return StreamingResponse(common.counted(chunks(), probe=True))
 
 
 async def closed(request: Request) -> JSONResponse:

@@ -76,18 +76,6 @@ async def idle(request: Request) -> EventSourceResponse:
     return EventSourceResponse(events(), ping=None)
 
 
-def counted(produce: AsyncIterator[bytes], probe: bool) -> AsyncIterator[bytes]:
-    async def wrapper() -> AsyncIterator[bytes]:
-        common.producer_started()
-        try:
-            async for item in produce:
-                yield item
-        finally:
-            common.producer_finished(probe)
-
-    return wrapper()
-
-
 @app.get("/endless")
 async def endless(request: Request) -> StreamingResponse:
     async def chunks() -> AsyncIterator[bytes]:
@@ -95,7 +83,7 @@ async def endless(request: Request) -> StreamingResponse:
             yield common.CHUNK
             await asyncio.sleep(0)
 
-    return StreamingResponse(counted(chunks(), probe=False))
+    return StreamingResponse(common.counted(chunks(), probe=False))
 
 
 @app.get("/probe/await")
@@ -104,7 +92,7 @@ async def probe_await(request: Request) -> StreamingResponse:
         yield b"first"
         await asyncio.Event().wait()
 
-    return StreamingResponse(counted(chunks(), probe=True))
+    return StreamingResponse(common.counted(chunks(), probe=True))
 
 
 @app.get("/probe/busy")
@@ -113,7 +101,7 @@ async def probe_busy(request: Request) -> StreamingResponse:
         while True:
             yield common.CHUNK  # never awaits
 
-    return StreamingResponse(counted(chunks(), probe=True))
+    return StreamingResponse(common.counted(chunks(), probe=True))
 
 
 @app.get("/closed")
