@@ -185,6 +185,17 @@ async def test_close_ends_subscriptions(url: str) -> None:
         await broadcast.publish(channel, "x")
 
 
+async def test_get_nowait_takes_only_what_is_ready() -> None:
+    async with Broadcast() as broadcast:
+        subscription = broadcast.subscribe("c")
+        marker = subscription.get_nowait()
+        assert marker is not None and marker.data is None  # the position marker
+        assert subscription.get_nowait() is None  # nothing else yet, and no waiting
+        event_id = await broadcast.publish("c", "now")
+        ready = subscription.get_nowait()
+        assert ready is not None and (ready.id, ready.data) == (event_id, "now")
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="unsupported broadcast URL"):
         Broadcast("kafka://x")

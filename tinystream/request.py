@@ -86,10 +86,6 @@ class BodyReader:
         self.started = False
         self._listener = listener
 
-    @property
-    def complete(self) -> bool:
-        return self._complete
-
     def feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self.unread += len(data)
