@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
         "--max-body-size", type=int, default=defaults.max_body_size, metavar="BYTES"
     )
     parser.add_argument("--max-connections", type=int, default=defaults.max_connections)
+    parser.add_argument(
+        "--half-close",
+        action="store_true",
+        help="keep answering a client that sent FIN (half-close) instead of treating it as gone",
+    )
     parser.add_argument("--certfile", help="TLS certificate chain (PEM)")
     parser.add_argument("--keyfile", help="TLS private key (PEM)")
     return parser
@@ -110,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_body_size=args.max_body_size,
             max_connections=args.max_connections,
             access_log=not args.no_access_log,
+            half_close=args.half_close,
         )
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))

@@ -59,6 +59,12 @@ class Config:
     access_log: bool = True
     #: Value of the ``Server`` header; empty to leave the header out.
     server_header: str = "tinystream"
+    #: Treat a client's FIN during a response as a half-close (RFC 9112 §9.6: it
+    #: will send no more but still reads) and keep answering, instead of as the
+    #: client leaving. Off by default: browsers, curl and httpx send a FIN when
+    #: they leave, and a producer should stop at once then. With it on, a client
+    #: that left is noticed at the next write (event streams probe with a ping).
+    half_close: bool = False
 
     def __post_init__(self) -> None:
         for name in ("keep_alive_timeout", "header_timeout", "write_stall_timeout"):
