@@ -276,14 +276,14 @@ async def test_producer_waiting_for_its_next_item_is_closed_when_the_client_leav
                 response.abort()
             else:
                 await response.close()
-        if how == "abort":
-            await wait(probe.finished)
-            await client.server.wait_stats(lambda s: s.connections == 0 and s.streams == 0, TIMEOUT)
-        else:
-            # A plain FIN may be a half-close, which we must honour; the stream
-            # ends when the server shuts down at the end of this block.
-            pass
-    await wait(probe.finished)
+        # A reset or a plain FIN: either way the client left, and the producer,
+        # waiting for an item that never comes, is closed long before the server
+        # shuts down at the end of this block.
+        await wait(probe.finished)
+        stats = await client.server.wait_stats(
+            lambda s: s.connections == 0 and s.streams == 0, TIMEOUT
+        )
+        assert stats.outcomes == {"client_gone": 1}
 
 
 async def test_producer_that_never_awaits_stops_and_others_are_served() -> None:
@@ -361,7 +361,7 @@ async def test_request_reports_disconnect() -> None:
         await wait(noticed)
 
 
-async def test_half_closed_client_still_gets_the_whole_response() -> None:
+async def test_with_half_close_a_half_closed_client_still_gets_the_whole_response() -> None:
     async def handler(request: Request) -> StreamingResponse:
         async def parts() -> AsyncIterator[bytes]:
             for i in range(20):
@@ -370,11 +370,31 @@ async def test_half_closed_client_still_gets_the_whole_response() -> None:
 
         return StreamingResponse(parts())
 
-    async with serve_for_test(handler) as client, client.stream("GET", "/") as response:
+    async with (
+        serve_for_test(handler, half_close=True) as client,
+        client.stream("GET", "/") as response,
+    ):
         response.shutdown_write()
         body = await response.read()
         assert response.complete
         assert body == b"".join(b"part %d\n" % i for i in range(20))
+
+
+async def test_by_default_a_half_close_ends_the_stream() -> None:
+    """Without ``half_close`` a FIN means the client left, even if it still reads."""
+    probe = Probe()
+
+    async def handler(request: Request) -> StreamingResponse:
+        return StreamingResponse(probe.idle())
+
+    async with serve_for_test(handler) as client, client.stream("GET", "/") as response:
+        async for data in response.aiter_bytes():
+            assert data == b"first\n"
+            break
+        response.shutdown_write()
+        await wait(probe.finished)
+        assert await response.read() == b""
+        assert not response.complete
 
 
 # Errors
@@ -610,7 +630,7 @@ async def test_client_connection_can_open_directly() -> None:
         await conn.close()
 
 
-async def test_client_that_closes_is_noticed_at_the_next_write() -> None:
+async def test_with_half_close_a_client_that_closes_is_noticed_at_the_next_write() -> None:
     """A FIN could be a half-close; the write after it tells, and the producer stops."""
     probe = Probe()
     tick = asyncio.Event()
@@ -627,7 +647,7 @@ async def test_client_that_closes_is_noticed_at_the_next_write() -> None:
 
         return StreamingResponse(ticks())
 
-    async with serve_for_test(handler) as client:
+    async with serve_for_test(handler, half_close=True) as client:
         async with client.stream("GET", "/") as response:
             async for _ in response.aiter_bytes():
                 break

@@ -22,7 +22,7 @@ from ._compress import COMPRESS_MIN, GzipStream, accepts_gzip, gzip_body
 from ._context import PHRASES, response_ended
 from ._flow import ReadPause
 from ._threads import SyncIteratorPump
-from .chunked import LAST_CHUNK, SMALL_CHUNK, chunk_pieces
+from .chunked import LAST_CHUNK, encode_chunk
 from .datastructures import Headers
 from .errors import ClientDisconnected, HTTPError
 from .files import FileResponse
@@ -104,7 +104,15 @@ class Exchange:
         task = ctx.loop.create_task(self.run())
         ctx.tasks.add(task)
         task.add_done_callback(ctx.tasks.discard)
+        # A task cancelled before its first step (the client left in the same
+        # loop iteration as its request arrived) never enters ``run``, so its
+        # ``finally`` cannot end the exchange: this callback does.
+        task.add_done_callback(self._task_done)
         self.task = task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if self.conn.exchange is self:
+            self._finish()
 
     # Connection interface
 
@@ -130,6 +138,22 @@ class Exchange:
         self.body.fail(ClientDisconnected("client disconnected"))
         if self.task is not None and not self.task.done():
             self.task.cancel()
+
+    def _write_failed(self) -> None:
+        # A write found the transport closing: the client left (the reset that
+        # write drew closed it) before connection_lost reached us.
+        if self.outcome is None:
+            self.outcome = "client_gone"
+        self.disconnected.set()
+
+    def stop(self) -> None:
+        """Cancel the handler task (its producer is closed); the outcome is set."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def close_delimited(self) -> bool:
+        """The body has no end marker: only closing the connection ends it."""
+        return self.mode is _CLOSE
 
     def abandon(self) -> None:
         """The connection answers for us (protocol error): stop without a response."""
@@ -204,7 +228,7 @@ class Exchange:
             # only honest thing left is to cut the body short.
             logger.exception("response failed for %s %s", request.method, request.target)
             self.outcome = "error"
-            conn._abort()
+            conn.truncate(reset=self.mode is _CLOSE)
         finally:
             # An abandoned exchange (a protocol error took over) was answered and
             # logged by the connection; every other one ends here, exactly once.
@@ -258,10 +282,15 @@ class Exchange:
         head = self._head(response.status, headers)
         if body and self.request.method != "HEAD":
             conn.h11.send_with_data_passthrough(h11.Data(data=body))  # h11 counts, we write
-            if len(body) <= SMALL_CHUNK:
+            # Never writelines(): on CPython 3.12.0-3.12.8 and 3.13.0-3.13.1 it
+            # does not pause the protocol (gh-127655), so backpressure would be
+            # lost. Joining copies the body; above JOIN_LIMIT a second write()
+            # (one more syscall) is cheaper than the copy.
+            if len(body) <= JOIN_LIMIT:
                 transport.write(head + body)
             else:
-                transport.writelines((head, body))
+                transport.write(head)
+                transport.write(body)
             self.bytes_sent = len(body)
         else:
             transport.write(head)
@@ -288,12 +317,21 @@ class Exchange:
                 if self._wants_gzip():
                     headers.append(_GZIP)
                     self.compressor = GzipStream()
-            # The head goes out at once: a client (or a proxy's read timeout) sees
-            # the response start even if the first item takes minutes.
-            transport.write(self._head(response.status, headers))
             if self.request.method == "HEAD":
+                transport.write(self._head(response.status, headers))
                 conn.h11.send(h11.EndOfMessage())
-                return
+                return  # the producer is closed unstarted
+            first: Any = _NOTHING
+            pending: asyncio.Future[Any] | None = None
+            if not isinstance(response, FileResponse):
+                # Wait (briefly) for the first item before committing to a status.
+                first, pending, refusal = await self._first_item(source)
+                if refusal is not None:
+                    self._send_fixed(refusal)
+                    return
+                if transport.is_closing():
+                    return
+            transport.write(self._head(response.status, headers))
             if length is not None:
                 self.mode = _LENGTH
             elif conn.h11.their_http_version == b"1.1":
@@ -305,8 +343,9 @@ class Exchange:
             if isinstance(response, FileResponse) and self._can_sendfile():
                 if not await self._sendfile(response):
                     return
-            elif not await self._pump(source):
-                return  # the client left mid-stream; connection_lost cancels us
+            elif not await self._pump(source, first, pending):
+                self._write_failed()
+                return
             self._end_body()
         finally:
             if isinstance(response, FileResponse):
@@ -316,6 +355,50 @@ class Exchange:
             await _close_source(source)
             if ctx.stats_waiters:
                 ctx.notify_stats()
+
+    async def _first_item(
+        self, source: AsyncIterator[Any]
+    ) -> tuple[Any, asyncio.Future[Any] | None, Response | None]:
+        """Pull the producer's first item, waiting at most ``first_item_wait``.
+
+        A status line is a promise: once ``200`` is out, a producer that fails can
+        only truncate the body. Waiting for the first item lets a stream that fails
+        at once (a bad id, a refused query) answer with its real status - its
+        ``HTTPError``'s, or 500 - instead of ``200`` and an empty body. A slow
+        producer still gets its head out within the bound, so a proxy's read
+        timeout and the browser's ``open`` event are not held back.
+
+        Returns ``(first, pending, refusal)``: the first item (``_NOTHING`` if
+        none came), the pull still under way when the bound ran out, and the error
+        response to send when the producer failed before yielding.
+        """
+        wait = self.conn.ctx.config.first_item_wait
+        if not wait:
+            return _NOTHING, None, None
+        pending: asyncio.Future[Any] = asyncio.ensure_future(source.__anext__())
+        try:
+            await asyncio.wait((pending,), timeout=wait)
+        except asyncio.CancelledError:
+            # The client left while we waited: stop the pull before the producer
+            # is closed (an async generator cannot be closed while it runs).
+            pending.cancel()
+            await asyncio.wait((pending,))
+            raise
+        if not pending.done():
+            return _NOTHING, pending, None  # slow: the head goes now, the item later
+        try:
+            return pending.result(), None, None
+        except StopAsyncIteration:
+            return _NOTHING, None, None  # an empty stream: a head and an empty body
+        except HTTPError as exc:
+            return _NOTHING, None, _error_response(exc.status, exc.detail, exc.headers)
+        except Exception:
+            request = self.request
+            logger.exception(
+                "stream failed before its first item for %s %s", request.method, request.target
+            )
+            self.outcome = "error"
+            return _NOTHING, None, _error_response(500, "Internal Server Error")
 
     def _can_sendfile(self) -> bool:
         # sendfile(2) copies from the page cache straight to the socket; it cannot
@@ -378,8 +461,10 @@ class Exchange:
     def _write_framed(self, data: bytes) -> None:
         transport = self.conn.transport
         assert transport is not None
+        if not data:
+            return  # an empty chunk would end the body
         if self.mode is _CHUNKED:
-            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+            transport.write(encode_chunk(data))
         else:
             transport.write(data)
 
@@ -486,8 +571,20 @@ class Exchange:
         finally:
             pump.close()
 
-    async def _pump(self, source: AsyncIterator[Any]) -> bool:
-        """Write every item of ``source``; False if the client went away first."""
+    async def _pump(
+        self, source: AsyncIterator[Any], first: Any, pending: asyncio.Future[Any] | None
+    ) -> bool:
+        """Write ``first`` (unless ``_NOTHING``), then every item of ``source``.
+
+        ``pending`` is the pull of the first item when it outlasted
+        ``first_item_wait``: awaited here, after the head went out. Returns False
+        if the client went away first.
+        """
+        if pending is not None:
+            try:
+                first = await pending  # cancelling us cancels this pull too
+            except StopAsyncIteration:
+                return True
         mode = self.mode
         track_time = self.ping_timer is not None
         loop_time = self.conn.ctx.loop.time
@@ -499,8 +596,16 @@ class Exchange:
         compressor = self.compressor
         sent = 0
         writes = 0
+        next_item = source.__anext__
         try:
-            async for item in source:
+            while True:
+                if first is _NOTHING:
+                    try:
+                        item = await next_item()
+                    except StopAsyncIteration:
+                        break
+                else:
+                    item, first = first, _NOTHING
                 chunk = item if type(item) is bytes else _to_bytes(item)
                 size = len(chunk)
                 if not size:
@@ -512,10 +617,9 @@ class Exchange:
                     chunk = compressor.compress(chunk)
                     size = len(chunk)
                 if mode is _CHUNKED:
-                    if size <= SMALL_CHUNK:
-                        transport.write(b"%x\r\n%b\r\n" % (size, chunk))
-                    else:
-                        transport.writelines(chunk_pieces(chunk))
+                    # One write of one framed buffer, never writelines(): see
+                    # JOIN_LIMIT. The copy costs a few microseconds a 64 KiB chunk.
+                    transport.write(encode_chunk(chunk))
                 else:
                     if mode is _LENGTH:
                         # h11 checks we never exceed the declared Content-Length.
@@ -538,6 +642,12 @@ class Exchange:
         return not transport.is_closing()
 
 
+#: A fixed body up to this size is joined with its head into one write. The
+#: transport's ``writelines()`` would avoid the copy, but on CPython 3.12.0-3.12.8
+#: and 3.13.0-3.13.1 it never calls ``pause_writing`` (gh-127655, CVE-2024-12254),
+#: so nothing here uses it.
+JOIN_LIMIT = 64 * 1024  # bytes
+
 #: sendfile(2) is issued in slices of this size, each bounded by the stall timeout:
 #: a client reading at least this much per write_stall_timeout is never cut off.
 SENDFILE_SLICE = 256 * 1024  # bytes
@@ -556,6 +666,9 @@ def _count_for_h11(conn: h11.Connection, size: int) -> None:
         conn.send_with_data_passthrough(h11.Data(data=_ZEROS[:piece]))
         size -= piece
 
+
+#: "No item": the first item of a stream has not been pulled (or there was none).
+_NOTHING: Any = object()
 
 # Body framing modes of a streaming response.
 _CHUNKED, _LENGTH, _CLOSE = 1, 2, 3

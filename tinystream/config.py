@@ -8,13 +8,22 @@ from dataclasses import dataclass, fields
 __all__ = ["Config"]
 
 
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    return value
+
+
 def _positive(name: str, value: float | None, *, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if value <= 0:
+    if _number(name, value) <= 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if _number(name, value) < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,13 @@ class Config:
     access_log: bool = True
     #: Value of the ``Server`` header; empty to leave the header out.
     server_header: str = "tinystream"
+    #: How long a streaming response waits for its producer's first item before
+    #: sending its head anyway. Waiting lets a producer that fails at once answer
+    #: with its real status (its ``HTTPError``'s, or 500) instead of ``200`` and a
+    #: truncated body; the bound keeps a slow producer's head (and a browser's
+    #: EventSource ``open``) from being held back. 0 sends the head at once;
+    #: ``math.inf`` always waits for the first item.
+    first_item_wait: float = 0.2  # seconds
     #: Treat a client's FIN during a response as a half-close (RFC 9112 §9.6: it
     #: will send no more but still reads) and keep answering, instead of as the
     #: client leaving. Off by default: browsers, curl and httpx send a FIN when
@@ -69,12 +85,8 @@ class Config:
     def __post_init__(self) -> None:
         for name in ("keep_alive_timeout", "header_timeout", "write_stall_timeout"):
             _positive(name, getattr(self, name))
-        if isinstance(self.graceful_timeout, bool) or not isinstance(
-            self.graceful_timeout, (int, float)
-        ):
-            raise TypeError(f"graceful_timeout must be a number, got {self.graceful_timeout!r}")
-        if not self.graceful_timeout >= 0:
-            raise ValueError(f"graceful_timeout must be >= 0, got {self.graceful_timeout!r}")
+        for name in ("graceful_timeout", "first_item_wait"):
+            _non_negative(name, getattr(self, name))
         for name in (
             "max_head_size",
             "max_connections",

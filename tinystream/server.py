@@ -167,15 +167,26 @@ class HTTPConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.client_eof = True
         if self.state is not ConnState.ACTIVE and self.state is not ConnState.HEAD:
-            return False  # nothing in progress: let the transport close
+            # Nothing in progress: let the transport close once what we already
+            # wrote (a response that was ready) is flushed.
+            return False
         self.h11.receive_data(b"")
         self._handle_events()
-        if self.exchange is not None:
-            self.exchange.probe_event_stream()
-        # A client that half-closed after sending its request still gets the whole
-        # response: keep our side open. (A client that really left is noticed when
-        # a write fails, which calls connection_lost.)
-        return self.state is ConnState.ACTIVE
+        exchange = self.exchange
+        if exchange is None:
+            return self.state is ConnState.ACTIVE
+        if self._config.half_close:
+            # RFC 9112 §9.6 lets a client half-close and still read: keep answering.
+            # A client that really left is noticed when a write draws a reset
+            # (wrote_after_eof); an event stream probes with a ping at once.
+            exchange.probe_event_stream()
+            return True
+        # A FIN is how browsers, curl and httpx leave: stop the handler and its
+        # producer now, not at their next write, which may be minutes away.
+        # Requests pipelined behind this one are dropped with the connection.
+        logger.debug("client %s closed its connection mid-response", self.client)
+        exchange.client_gone()
+        return True  # the exchange's end closes the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = ConnState.CLOSED
@@ -366,6 +377,22 @@ class HTTPConnection(asyncio.Protocol):
         """Do not reuse this connection after the current response."""
         self._keep_alive = False
 
+    def truncate(self, *, reset: bool = False) -> None:
+        """End a response whose body cannot be finished (its producer failed).
+
+        Everything written so far is flushed, then a FIN without the last chunk
+        (or before the declared length): the client reads all of it and sees a
+        truncated body. A reset would be quicker but lets the client's kernel
+        discard bytes it received and the client had not read yet. ``reset`` is
+        for a close-delimited (HTTP/1.0) body, where a FIN would look like a
+        complete one and only a reset says it is not.
+        """
+        if reset:
+            self._abort()
+        else:
+            self._keep_alive = False
+            self._close()
+
     def _close(self) -> None:
         """Close once buffered output is flushed; abort if the client never reads it."""
         if self.state is ConnState.CLOSED or self.state is ConnState.CLOSING:
@@ -494,7 +521,18 @@ class HTTPConnection(asyncio.Protocol):
             self.exchange.shutdown_event_stream()
 
     def force_close(self) -> None:
-        """The grace period is over: end whatever is in flight."""
-        if self.exchange is not None and self.exchange.outcome is None:
-            self.exchange.outcome = "shutdown"
-        self._abort()
+        """The grace period is over: end whatever is in flight.
+
+        A stream whose client is reading is truncated cleanly (everything sent
+        is delivered, then a FIN); a client that does not read, or a body with no
+        end marker, is reset so its buffers are freed at once.
+        """
+        exchange = self.exchange
+        if exchange is None:
+            self._abort()
+            return
+        if exchange.outcome is None:
+            exchange.outcome = "shutdown"
+        exchange.stop()
+        assert self.flow is not None
+        self.truncate(reset=self.flow.write_paused or exchange.close_delimited())

@@ -121,6 +121,11 @@ class StreamResponse:
         """The rest of the body."""
         return b"".join([chunk async for chunk in self.aiter_bytes()])
 
+    @property
+    def was_reset(self) -> bool:
+        """The server ended the connection with a reset instead of a FIN."""
+        return self._conn.was_reset
+
     def abort(self) -> None:
         """Vanish: close the socket with a TCP reset, as a crashed client would."""
         self._conn.abort()
@@ -145,6 +150,9 @@ class ClientConnection:
         self._timeout = timeout
         self._h11 = h11.Connection(h11.CLIENT)
         self._host = "127.0.0.1"
+        #: The server ended the connection with a reset (not a FIN): bytes it
+        #: sent that we had not read yet may have been discarded.
+        self.was_reset = False
 
     @classmethod
     async def open(
@@ -199,6 +207,9 @@ class ClientConnection:
     async def _read(self, size: int) -> bytes:
         try:
             return await asyncio.wait_for(self._reader.read(size), self._timeout)
+        except ConnectionResetError:
+            self.was_reset = True
+            return b""
         except (ConnectionError, OSError):
             return b""
 
