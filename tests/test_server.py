@@ -225,8 +225,14 @@ async def test_expect_100_continue_is_sent_when_the_handler_reads() -> None:
 # Backpressure
 
 
-async def test_slow_reader_bounds_what_is_pulled_from_the_producer() -> None:
-    chunk = b"z" * 1024
+# 64 KiB chunks: large enough for the framing that once went through writelines(),
+# which never pauses the protocol on CPython 3.12.0-3.12.8 and 3.13.0-3.13.1.
+CHUNK_SIZES = [1024, 64 * 1024]
+
+
+@pytest.mark.parametrize("size", CHUNK_SIZES)
+async def test_slow_reader_bounds_what_is_pulled_from_the_producer(size: int) -> None:
+    chunk = b"z" * size
     probe = Probe()
     high = 16 * 1024
 
@@ -239,12 +245,14 @@ async def test_slow_reader_bounds_what_is_pulled_from_the_producer() -> None:
     ) as client:
         async with client.stream("GET", "/", recv_buffer=4096) as response:
             stats = await client.server.wait_stats(lambda s: s.paused_writers == 1, TIMEOUT)
-            assert stats.buffered_bytes <= high + len(chunk)
+            framing = 16  # the size line and CRLFs of one chunk
+            assert stats.buffered_bytes <= high + len(chunk) + framing
             pulled_at_pause = probe.pulled
             # Bytes pulled = in our transport buffer + in the kernel's buffers. With
-            # a 4 KiB send buffer and a 4 KiB receive window that is well under 200 KiB;
-            # without backpressure an endless producer would be pulled without bound.
-            assert pulled_at_pause * len(chunk) < high + 200 * 1024
+            # a 4 KiB send buffer and a 4 KiB receive window that is well under 200 KiB
+            # plus a chunk; without backpressure an endless producer would be pulled
+            # without bound.
+            assert pulled_at_pause * len(chunk) < high + len(chunk) + 200 * 1024
             # Reading resumes the producer.
             received = 0
             async for data in response.aiter_bytes(4096):
@@ -489,14 +497,15 @@ async def test_connections_past_the_limit_get_503() -> None:
         assert (await first.request("GET", "/")).status == 200
 
 
+@pytest.mark.parametrize("size", CHUNK_SIZES)
 async def test_write_stall_cuts_off_a_client_that_stops_reading(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, size: int
 ) -> None:
     caplog.set_level(logging.INFO, logger="tinystream.access")
     probe = Probe()
 
     async def handler(request: Request) -> StreamingResponse:
-        return StreamingResponse(probe.endless(b"s" * 8192))
+        return StreamingResponse(probe.endless(b"s" * size))
 
     listener = small_buffer_listener()
     async with serve_for_test(handler, sock=listener, write_stall_timeout=0.3) as client:

@@ -224,11 +224,12 @@ class Exchange:
             # whoever cancelled us has set the outcome.
             raise
         except Exception:
-            # The response had started (a producer raised, or a write failed): the
-            # only honest thing left is to cut the body short.
+            # The response had started (a producer raised, or a write failed).
             logger.exception("response failed for %s %s", request.method, request.target)
             self.outcome = "error"
-            conn.truncate(reset=self.mode is _CLOSE)
+            if not self._end_event_stream_with_error():
+                # The only honest thing left is to cut the body short.
+                conn.truncate(reset=self.mode is _CLOSE)
         finally:
             # An abandoned exchange (a protocol error took over) was answered and
             # logged by the connection; every other one ends here, exactly once.
@@ -522,6 +523,21 @@ class Exchange:
         self.write_body(stream.shutdown_event.encode())
         self._end_body()
         self.outcome = "shutdown"
+
+    def _end_event_stream_with_error(self) -> bool:
+        """An event stream has a way to say "failed": a last event, then a clean end."""
+        stream = self.event_stream
+        transport = self.conn.transport
+        if (
+            stream is None
+            or self.conn.h11.our_state is not h11.SEND_BODY
+            or transport is None
+            or transport.is_closing()
+        ):
+            return False
+        self.write_body(stream.error_event.encode())
+        self._end_body()
+        return True
 
     def shutdown_event_stream(self) -> bool:
         """The server is stopping: end an open event stream cleanly, now.

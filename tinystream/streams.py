@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import math
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -23,8 +22,6 @@ from .responses import HeadersArg, StreamingResponse
 from .sse import ServerSentEvent, encode_data
 
 __all__ = ["EventSourceResponse", "NDJSONResponse", "negotiate_stream"]
-
-logger = logging.getLogger("tinystream.error")
 
 SSE_MEDIA_TYPE = "text/event-stream; charset=utf-8"
 NDJSON_MEDIA_TYPE = "application/x-ndjson"
@@ -56,20 +53,13 @@ def _dumps(item: object) -> str:
     return json.dumps(item, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def _map_sync(
-    items: Iterable[Any], convert: Callable[[Any], Any], error: bytes | None
-) -> Iterator[Any]:
+def _map_sync(items: Iterable[Any], convert: Callable[[Any], Any]) -> Iterator[Any]:
     # A sync generator, so the server runs it (and the user's next()) in a worker
     # thread; its finally closes the user's iterator when the server closes it.
     iterator = iter(items)
     try:
         for item in iterator:
             yield convert(item)
-    except Exception:
-        if error is None:
-            raise
-        logger.exception("event producer failed; ending the stream with an error event")
-        yield error
     finally:
         close = getattr(iterator, "close", None)
         if close is not None:
@@ -77,17 +67,12 @@ def _map_sync(
 
 
 async def _map_async(
-    items: AsyncIterable[Any], convert: Callable[[Any], Any], error: bytes | None
+    items: AsyncIterable[Any], convert: Callable[[Any], Any]
 ) -> AsyncIterator[Any]:
     iterator = items.__aiter__()
     try:
         async for item in iterator:
             yield convert(item)
-    except Exception:
-        if error is None:
-            raise
-        logger.exception("event producer failed; ending the stream with an error event")
-        yield error
     finally:
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
@@ -95,19 +80,13 @@ async def _map_async(
 
 
 def _map(
-    items: Iterable[Any] | AsyncIterable[Any],
-    convert: Callable[[Any], Any],
-    error: bytes | None = None,
+    items: Iterable[Any] | AsyncIterable[Any], convert: Callable[[Any], Any]
 ) -> Iterable[Any] | AsyncIterable[Any]:
-    """``convert`` applied to every item, sync staying sync; closing it closes ``items``.
-
-    With ``error``, an exception from the producer is logged and ``error`` (the
-    wire bytes of a last event) ends the stream instead.
-    """
+    """``convert`` applied to every item, sync staying sync; closing it closes ``items``."""
     if isinstance(items, AsyncIterable):
-        return _map_async(items, convert, error)
+        return _map_async(items, convert)
     if isinstance(items, Iterable) and not isinstance(items, (str, bytes, bytearray, Mapping)):
-        return _map_sync(items, convert, error)
+        return _map_sync(items, convert)
     raise TypeError(f"expected a sync or async iterable of items, got {type(items).__name__}")
 
 
@@ -134,9 +113,11 @@ class EventSourceResponse(StreamingResponse):
             resets the timer); ``None`` for no pings.
         retry: if given, a ``retry:`` field (milliseconds) sent first.
         headers: extra response fields.
-        error_event: when the producer raises, the traceback is logged and one
-            last event of this name (with empty data, no internal detail) ends the
-            stream cleanly. Not ``error``: browsers fire their own ``error``.
+        error_event: when the producer raises after the stream started, the
+            traceback is logged and one last event of this name (with empty data,
+            no internal detail) ends the stream cleanly. Not ``error``: browsers
+            fire their own ``error``. A producer that raises before its first
+            event gets a real status instead (its ``HTTPError``'s, or 500).
         shutdown_event, shutdown_data, shutdown_retry: when the server shuts
             down, the stream sends this last event (with ``retry`` if given, so
             browsers reconnect to the restarted or another instance on your
@@ -145,9 +126,10 @@ class EventSourceResponse(StreamingResponse):
             at once. Off by default: it costs CPU per event, and compressing
             secrets beside attacker-chosen text can leak them (BREACH).
 
-    The headers go out at once (a proxy's read timeout never fires before the
-    first event) with ``Cache-Control: no-cache`` and ``X-Accel-Buffering: no``
-    (nginx passes events through unbuffered), and never ``Connection: keep-alive``.
+    The headers go out with the first event, or after the server's
+    ``first_item_wait`` if it is slow (a proxy's read timeout never fires
+    first), with ``Cache-Control: no-cache`` and ``X-Accel-Buffering: no`` (nginx
+    passes events through unbuffered), and never ``Connection: keep-alive``.
     To tell a browser to stop reconnecting, answer its request with 204.
 
     Raises:
@@ -186,7 +168,7 @@ class EventSourceResponse(StreamingResponse):
             _event_name("shutdown_event", shutdown_event), shutdown_data, shutdown_retry
         )
         super().__init__(
-            _map(events, encode_event, self.error_event.encode()),
+            _map(events, encode_event),
             status,
             headers,
             media_type=SSE_MEDIA_TYPE,
