@@ -193,6 +193,9 @@ REFUSED = {
     "http/2 preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
     "http/2.0 version": (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
     "invalid percent-encoding": (b"GET /a%zzb HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    # RFC 9112 §3.2: no fragment in a request target, after the query as before it.
+    "fragment after the query": (b"GET /a?b=1#c HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "fragment before the query": (b"GET /a#c?b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     "percent-encoding of invalid utf-8": (b"GET /a%ff HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     "missing host": (b"GET / HTTP/1.1\r\n\r\n", 400),
     "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
