@@ -371,3 +371,36 @@ def test_a_protocol_error_mid_body_logs_one_line(caplog: pytest.LogCaptureFixtur
     asyncio.run(scenario())
     lines = [r.getMessage() for r in caplog.records if r.name == "tinystream.access"]
     assert len(lines) == 1 and '"POST /upload HTTP/1.1" 400' in lines[0]
+
+
+# Issue 11: h11 quotes offending bytes as Python reprs; the client reads plain text.
+REPR_ERRORS = {
+    # h11: "illegal header line: bytearray(b'Bad Header')"
+    "header line without a colon": (
+        b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
+        b"illegal header line: 'Bad Header'",
+    ),
+    # h11: "illegal request line: bytearray(b'GET /\\x7f HTTP/1.1')"
+    "control byte in the target": (b"GET /\x7f HTTP/1.1\r\n\r\n", b"illegal request line"),
+    # h11: "malformed chunk footer: bytearray(b'XY') (expected b'\\r\\n')"
+    "chunk payload not followed by CRLF": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\naXY",
+        b"malformed chunk footer: 'XY' (expected '\\r\\n')",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REPR_ERRORS))
+def test_error_reason_shows_no_python_repr(name: str) -> None:
+    data, reason = REPR_ERRORS[name]
+    [response] = parse_responses(feed(data, [], echo))
+    assert response["status"] == 400
+    assert reason in response["body"]
+    assert b"bytearray" not in response["body"] and b"b'" not in response["body"]
+
+
+def test_long_error_reason_is_cut_short() -> None:
+    """h11 quotes the whole offending line: the body does not echo 8 KiB back."""
+    wire = feed(b"GET / HTTP/1.1\r\nHost: a\r\nBad" + b"x" * 8000 + b"\r\n\r\n", [], echo)
+    [response] = parse_responses(wire)
+    assert response["status"] == 400 and len(response["body"]) < 300

@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import re
 import socket
 import struct
 from collections.abc import Callable
@@ -69,6 +70,14 @@ _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 #: (closing with unread input makes the kernel send RST, which can destroy it).
 LINGER_TIMEOUT = 2.0  # seconds
 _OK_VERSIONS = (b"1.1", b"1.0")
+#: Longest reason shown in an error body. h11 quotes a whole offending line, which
+#: can be as long as the head limit; the client needs only enough to recognise it.
+MAX_REASON = 200  # characters
+# h11 quotes offending bytes as Python reprs: "illegal header line:
+# bytearray(b'Bad Header')", "(expected b'\r\n')". Issue 11: a client should see the
+# bytes, not a Python type; the quoted, escaped text inside is kept.
+_QUOTED = r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
+_BYTES_REPR = re.compile(rf"bytearray\(b{_QUOTED}\)|\bb{_QUOTED}")
 
 
 class ConnState(enum.Enum):
@@ -219,7 +228,7 @@ class HTTPConnection(asyncio.Protocol):
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
                 logger.debug("protocol error from %s: %s", self.client, exc)
-                self._refuse(exc.error_status_hint, str(exc))
+                self._refuse(exc.error_status_hint, _readable(str(exc)))
                 return
             kind = type(event)
             if kind is h11.Data:
@@ -498,3 +507,9 @@ class HTTPConnection(asyncio.Protocol):
         if self.exchange is not None and self.exchange.outcome is None:
             self.exchange.outcome = "shutdown"
         self._abort()
+
+
+def _readable(message: str) -> str:
+    """h11's error message as a client should read it: no Python reprs, bounded."""
+    text = _BYTES_REPR.sub(lambda m: m.group(1) or m.group(2), message)
+    return text if len(text) <= MAX_REASON else text[:MAX_REASON] + "..."
