@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tinystream import Request, Response, StreamingResponse
 from tinystream.chunked import ChunkedDecoder
+from tinystream.server import LINGER_MAX_BYTES
 
 from .helpers import POST_CHUNKED, POST_CL, SIMPLE_GET, make_connection, parse_responses, settle
 
@@ -228,6 +229,24 @@ def test_hostile_input_is_refused_and_never_served(name: str) -> None:
         assert response["headers"][b"connection"] == b"close"
         assert transport.eof_written  # lingering close: our side shut, reading on
         assert not seen, "a refused request reached the handler"
+
+    asyncio.run(scenario())
+
+
+def test_lingering_close_drops_up_to_its_byte_budget_then_resets() -> None:
+    """After a refusal the client's bytes are dropped up to LINGER_MAX_BYTES, then reset."""
+
+    async def scenario() -> None:
+        protocol, transport = make_connection(echo, max_body_size=1000)
+        protocol.data_received(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9999999\r\n\r\n")
+        assert parse_responses(bytes(transport.written))[0]["status"] == 413
+        piece = b"x" * 4096
+        for _ in range(LINGER_MAX_BYTES // len(piece)):
+            protocol.data_received(piece)
+        assert transport.eof_written and not transport.closed  # exactly the budget: lingering
+        protocol.data_received(b"x")
+        assert transport.aborted  # one byte over: reset, not 2 s more of reading
+        await settle(protocol)
 
     asyncio.run(scenario())
 

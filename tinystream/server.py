@@ -69,6 +69,12 @@ _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 #: still sends for this long, so it can read our response before the socket closes
 #: (closing with unread input makes the kernel send RST, which can destroy it).
 LINGER_TIMEOUT = 2.0  # seconds
+#: ... and at most this many bytes: without a byte bound a client blasting a refused
+#: 1 GiB upload had 362 MiB read and dropped in the 2 s. A client that reads while
+#: it writes (browsers, curl) has the response long before this; one that does not
+#: read until it has written everything would lose it to the reset either way. Go's
+#: net/http reads at most 256 KiB of an unread body (maxPostHandlerReadBytes).
+LINGER_MAX_BYTES = 256 * 1024  # bytes
 _OK_VERSIONS = (b"1.1", b"1.0")
 #: Longest reason shown in an error body. h11 quotes a whole offending line, which
 #: can be as long as the head limit; the client needs only enough to recognise it.
@@ -96,6 +102,7 @@ class HTTPConnection(asyncio.Protocol):
     __slots__ = (
         "_config",
         "_deadline",
+        "_drained",
         "_guard",
         "_keep_alive",
         "_over_capacity",
@@ -129,6 +136,7 @@ class HTTPConnection(asyncio.Protocol):
         self._keep_alive = True
         self._pipelined = 0
         self._over_capacity = False
+        self._drained = 0  # bytes dropped since a refusal (DRAINING)
         # Per-request state
         self.exchange: Exchange | None = None
 
@@ -157,7 +165,10 @@ class HTTPConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self.state
-        if state is ConnState.DRAINING or state is ConnState.CLOSED or state is ConnState.CLOSING:
+        if state is ConnState.DRAINING:
+            self._drain(len(data))
+            return
+        if state is ConnState.CLOSED or state is ConnState.CLOSING:
             return
         if self._guard.active:
             if state is ConnState.WAITING:
@@ -453,7 +464,22 @@ class HTTPConnection(asyncio.Protocol):
             return
         self.transport.write_eof()
         self.flow.resume_all_reading()
+        self._drained = 0
         self._set_deadline(LINGER_TIMEOUT, self._abort)
+
+    def _drain(self, size: int) -> None:
+        """Drop ``size`` bytes read during a lingering close; reset once the budget is spent.
+
+        The client has had its chance to read the response: it was written before
+        the first dropped byte. Closing with unread input resets the connection
+        anyway (the kernel sends RST), so we reset outright and free the socket now.
+        """
+        self._drained += size
+        if self._drained > LINGER_MAX_BYTES:
+            logger.debug(
+                "client %s sent over %d bytes after a refusal", self.client, LINGER_MAX_BYTES
+            )
+            self._abort()
 
     # Timeouts
 
