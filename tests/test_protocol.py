@@ -187,6 +187,14 @@ REFUSED = {
         400,
     ),
     "obs-fold": (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: one\r\n two\r\n\r\n", 400),
+    # A bare LF ends a field line for h11, not for a proxy that splits on CRLF only:
+    # Content-Length would be smuggled past it (llhttp refuses this too).
+    "bare LF between field lines": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nDummy: x\nContent-Length: 3\r\n\r\nabc",
+        400,
+    ),
+    "bare LF after the request line": (b"GET / HTTP/1.1\nHost: a\r\n\r\n", 400),
+    "bare LF line ends throughout": (b"GET / HTTP/1.1\nHost: a\n\n", 400),
     "head over the limit in one read": (
         b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
         431,

@@ -4,12 +4,16 @@ h11 0.16 (see ../shared/NOTES.md) holds a head to ``max_incomplete_event_size``
 only while the head is incomplete, so a large head that arrives in one read slips
 past it, and it silently unfolds obs-fold continuation lines. RFC 9112 §5.2 lets a
 server refuse obs-fold with 400, and we do: folding is a classic way to smuggle a
-header past one parser and not another.
+header past one parser and not another. h11 also ends a line at a bare LF, so
+``Dummy: x\nContent-Length: 23`` is two fields to h11 and one to a proxy that splits
+only on CRLF. RFC 9112 §2.2 lets a recipient accept a bare LF; strict parsers
+(llhttp) refuse it, and so do we, anywhere in the head.
 
 :class:`HeadGuard` sees every byte of a head before h11 parses it. It finds the end
 of the head (the first empty line) and, up to there, counts bytes and looks for a
-line that starts with a space or a tab. It is pure and incremental: a pattern split
-across two reads is still found, because the last two bytes of the previous piece are kept.
+line that starts with a space or a tab and for an LF without a CR before it. It is
+pure and incremental: a pattern split across two reads is still found, because the
+last two bytes of the previous piece are kept.
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ class HeadGuard:
         """Scan the next piece of the head.
 
         Raises:
-            HeadRejected: 431 when the head is larger than ``max_size``, 400 for obs-fold.
+            HeadRejected: 431 when the head is larger than ``max_size``, 400 for
+                obs-fold or a bare LF.
         """
         tail = self._tail
         # Scan no further than the size limit (+ the 4 bytes of a terminator), so a
@@ -66,6 +71,11 @@ class HeadGuard:
         # A line that begins with SP or HTAB is an obs-fold continuation.
         if head_part.find(b"\n ") >= 0 or head_part.find(b"\n\t") >= 0:
             raise HeadRejected(400, "obsolete line folding in the request head")
+        # Every LF must follow a CR. An LF at the window's start is the kept tail's
+        # first byte, checked with the byte before it in an earlier piece; the first
+        # byte of a head (no tail yet) has nothing before it, so it is a bare LF.
+        if head_part.count(b"\n", 1 if tail else 0) != head_part.count(b"\r\n"):
+            raise HeadRejected(400, "bare LF in the request head (lines end with CRLF)")
         if end < 0:
             self._seen += len(data)
             if self._seen > self.max_size:
@@ -82,7 +92,8 @@ def _end_of_head(window: bytes | bytearray) -> int:
     """Offset just past the empty line that ends a head, or -1.
 
     h11 accepts bare LF line endings as well as CRLF, so the empty line is an LF
-    followed by an optional CR and an LF (this also matches ``\r\n\r\n``).
+    followed by an optional CR and an LF (this also matches ``\r\n\r\n``): a head
+    ended that way is found, then refused for its bare LF.
     """
     with_cr = window.find(b"\n\r\n")
     bare = window.find(b"\n\n")
