@@ -125,3 +125,38 @@ def test_size_limit_is_exact_however_split(size: int, cuts: list[int]) -> None:
     else:
         assert end == len(head)
         assert len(head) <= limit
+
+
+@pytest.mark.parametrize(
+    ("data", "empty"),
+    [
+        (HEAD, 0),  # the common case: nothing to skip
+        (b"\r\n" + HEAD, 2),
+        (b"\n\r\n\n" + HEAD, 4),  # CRLF and bare LF mixed
+    ],
+)
+def test_empty_lines_before_the_request_line_are_skipped_at_every_split(
+    data: bytes, empty: int
+) -> None:
+    for cut in range(empty + 2):
+        guard = HeadGuard(1024)
+        first = guard.skip_empty_lines(data[:cut]) if cut else 0
+        skipped = first + (guard.skip_empty_lines(data[cut:]) if first == cut else 0)
+        assert skipped == empty, cut
+
+
+@pytest.mark.parametrize("data", [b"\rGET", b"\r\r\n", b"\n\rX"])
+def test_a_cr_without_lf_before_the_request_line_is_refused(data: bytes) -> None:
+    for cut in range(1, len(data)):
+        guard = HeadGuard(1024)
+        with pytest.raises(HeadRejected) as info:
+            if guard.skip_empty_lines(data[:cut]) == cut:
+                guard.skip_empty_lines(data[cut:])
+        assert info.value.status == 400, cut
+
+
+def test_empty_lines_count_against_the_head_limit() -> None:
+    guard = HeadGuard(100)
+    assert guard.skip_empty_lines(b"\r\n" * 50) == 100
+    with pytest.raises(HeadRejected):
+        guard.skip_empty_lines(b"\r\n")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tinystream import Request, Response, StreamingResponse
 from tinystream.chunked import ChunkedDecoder
-from tinystream.server import LINGER_MAX_BYTES
+from tinystream.server import LINGER_MAX_BYTES, ConnState
 
 from .helpers import POST_CHUNKED, POST_CL, SIMPLE_GET, make_connection, parse_responses, settle
 
@@ -431,3 +431,73 @@ def test_long_error_reason_is_cut_short() -> None:
     wire = feed(b"GET / HTTP/1.1\r\nHost: a\r\nBad" + b"x" * 8000 + b"\r\n\r\n", [], echo)
     [response] = parse_responses(wire)
     assert response["status"] == 400 and len(response["body"]) < 300
+
+
+# RFC 9112 §2.2: a server SHOULD ignore at least one empty line before a request
+# line. h11 refuses it (400); llhttp and uvicorn serve the request.
+EMPTY_LINES_SERVED = {
+    "CRLF before the request line": (b"\r\n" + SIMPLE_GET, 1),
+    "bare LF before the request line": (b"\n" + SIMPLE_GET, 1),
+    "several empty lines": (b"\r\n\n\r\n\r\n" + SIMPLE_GET, 1),
+    # Older clients send a CRLF after a POST body; the next request must not pay for it.
+    "stray CRLF after a POST body, then a pipelined request": (POST_CL + b"\r\n" + SIMPLE_GET, 2),
+    "empty lines between pipelined requests": (SIMPLE_GET + b"\r\n\r\n" + SIMPLE_GET, 2),
+    "stray CRLF after a chunked body": (POST_CHUNKED + b"\r\n" + SIMPLE_GET, 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY_LINES_SERVED))
+def test_empty_lines_before_a_request_line_are_ignored_at_every_split(name: str) -> None:
+    data, count = EMPTY_LINES_SERVED[name]
+    expected = feed(data, [], echo)
+    assert [r["status"] for r in parse_responses(expected)] == [200] * count
+    for cut in range(len(data) + 1):
+        assert strip_date(feed(data, [cut], echo)) == strip_date(expected), cut
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    before=st.lists(st.sampled_from([b"\r\n", b"\n"]), max_size=5),
+    cuts=st.lists(st.integers(0, 200), max_size=8),
+)
+def test_empty_lines_give_the_same_verdict_however_split(
+    before: list[bytes], cuts: list[int]
+) -> None:
+    data = b"".join(before) + POST_CL + b"".join(before) + SIMPLE_GET
+    responses = parse_responses(feed(data, cuts, echo))
+    assert [r["status"] for r in responses] == [200, 200]
+    assert responses[0]["body"] == b"hello"
+
+
+EMPTY_LINES_REFUSED = {
+    # A CR is only half of an empty line: not one to ignore.
+    "CR without LF before the request line": b"\r" + SIMPLE_GET,
+    "CR CR LF before the request line": b"\r\r\n" + SIMPLE_GET,
+    # Counted against the head limit: a stream of CRLFs is not a free ride.
+    "more empty lines than the head limit": b"\r\n" * 600 + SIMPLE_GET,
+}
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY_LINES_REFUSED))
+def test_bad_or_endless_empty_lines_are_refused(name: str) -> None:
+    data = EMPTY_LINES_REFUSED[name]
+    for cuts in ([], [1], [2], list(range(0, len(data), 7))):
+        wire = feed(data, cuts, echo, max_head_size=1024)
+        [response] = parse_responses(wire)
+        assert response["status"] == 400, cuts
+        assert response["headers"][b"connection"] == b"close"
+
+
+def test_empty_lines_leave_the_connection_waiting() -> None:
+    """Empty lines start no header deadline: the idle deadline still runs (no 408)."""
+
+    async def scenario() -> None:
+        protocol, transport = make_connection(echo)
+        idle = protocol._deadline
+        protocol.data_received(b"\r\n\r\n")
+        assert protocol.state is ConnState.WAITING and protocol._deadline is idle
+        protocol.data_received(SIMPLE_GET)
+        await settle(protocol)
+        assert [r["status"] for r in parse_responses(bytes(transport.written))] == [200]
+
+    asyncio.run(scenario())

@@ -97,3 +97,14 @@ async def test_lingering_close_after_a_refusal_drains_a_bounded_amount() -> None
         finally:
             sock.close()
         assert (await client.get("/")).status == 200
+
+
+async def test_empty_lines_then_silence_end_like_an_idle_connection() -> None:
+    """RFC 9112 §2.2 empty lines are ignored, and they do not keep a connection open."""
+    async with serve_for_test(hello, keep_alive_timeout=0.3) as client:
+        async with client.connection() as conn:
+            await conn.send_raw(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n\r\n")
+            assert statuses(await conn.read_raw()) == [200]
+            await conn.send_raw(b"\r\n")
+            # Closed at the idle deadline, without a 408 the client never asked for.
+            assert await asyncio.wait_for(conn.read_raw_until_close(), TIMEOUT) == b""

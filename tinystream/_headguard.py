@@ -14,6 +14,11 @@ of the head (the first empty line) and, up to there, counts bytes and looks for 
 line that starts with a space or a tab and for an LF without a CR before it. It is
 pure and incremental: a pattern split across two reads is still found, because the
 last two bytes of the previous piece are kept.
+
+Before a request line, :meth:`HeadGuard.skip_empty_lines` finds the empty lines a
+server SHOULD ignore (RFC 9112 §2.2: older clients send a CRLF after a POST body),
+which h11 refuses. They count against the head's size, so an endless stream of
+them is refused like an endless head.
 """
 
 from __future__ import annotations
@@ -39,19 +44,47 @@ class HeadGuard:
     :meth:`reset`), or ``None`` when the head goes on.
     """
 
-    __slots__ = ("_seen", "_tail", "active", "max_size")
+    __slots__ = ("_cr", "_seen", "_tail", "active", "max_size")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self.active = True
         self._seen = 0  # head bytes scanned so far, before the current piece
         self._tail = b""  # the previous piece's last two bytes: the longest pattern is 3
+        self._cr = False  # the last piece's empty lines ended with a CR: an LF must follow
 
     def reset(self) -> None:
         """Start watching for the next head."""
         self.active = True
         self._seen = 0
         self._tail = b""
+        self._cr = False
+
+    def skip_empty_lines(self, data: bytes | bytearray) -> int:
+        """How many leading bytes of ``data`` are empty lines before the request line.
+
+        Call it on each piece until the request line starts, then :meth:`feed` the
+        rest. An empty line is CRLF or a bare LF (nothing is delimited by it, so
+        it cannot smuggle anything); a CR must be followed by an LF, even across pieces.
+
+        Raises:
+            HeadRejected: 400 for a CR without LF, 400 when they exceed ``max_size``.
+        """
+        if not self._cr and data[:1] not in _CR_LF:
+            return 0  # the common case: a request line at once
+        rest = data.lstrip(b"\r\n")
+        skipped = len(data) - len(rest)
+        run = b"\r" + data[:skipped] if self._cr else bytes(data[:skipped])
+        # A CR at the very end may be the first half of a CRLF split across pieces.
+        self._cr = not rest and run.endswith(b"\r")
+        if self._cr:
+            run = run[:-1]
+        if b"\r" in run.replace(b"\r\n", b""):
+            raise HeadRejected(400, "CR without LF before the request line")
+        self._seen += skipped
+        if self._seen > self.max_size:
+            raise HeadRejected(400, "too many empty lines before the request line")
+        return skipped
 
     def feed(self, data: bytes | bytearray) -> int | None:
         """Scan the next piece of the head.
@@ -86,6 +119,9 @@ class HeadGuard:
             raise HeadRejected(431, "request head too large")
         self.active = False
         return end - offset
+
+
+_CR_LF = (b"\r", b"\n")
 
 
 def _end_of_head(window: bytes | bytearray) -> int:

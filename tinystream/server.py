@@ -122,7 +122,7 @@ class HTTPConnection(asyncio.Protocol):
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self._config = ctx.config
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=ctx.config.max_head_size)
+        self.h11 = self._new_parser()
         self._guard = HeadGuard(ctx.config.max_head_size)
         # Per-connection state
         self.transport: asyncio.Transport | None = None
@@ -172,7 +172,10 @@ class HTTPConnection(asyncio.Protocol):
             return
         if self._guard.active:
             if state is ConnState.WAITING:
-                self._start_head()
+                head = self._begin_head(data)
+                if not head:
+                    return
+                data = head
             if not self._check_head(data):
                 return
         elif self.h11.their_state is h11.DONE:
@@ -331,13 +334,49 @@ class HTTPConnection(asyncio.Protocol):
         self._pipelined = 0
         self.flow.resume_reading(ReadPause.PIPELINE)
         pending, _ = self.h11.trailing_data
-        if not pending:
+        head = self._begin_head(pending) if pending else b""
+        if head is None:
+            return  # refused
+        if len(head) != len(pending):
+            # Empty lines came before the pipelined request. h11 would refuse them
+            # and cannot drop bytes it holds, so a fresh parser takes the rest; at
+            # the start of a cycle the old one holds no other state. (No EOF to pass
+            # on: a client that sent one is not given another cycle.)
+            self.h11 = self._new_parser()
+            if head:
+                self.h11.receive_data(head)
+        if not head:
             self._set_deadline(self._config.keep_alive_timeout, self._on_idle_timeout)
             return
         # A pipelined request is already buffered: check its head, then parse it.
-        self._start_head()
-        if self._check_head(pending):
+        if self._check_head(head):
             self._handle_events()
+
+    def _new_parser(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._config.max_head_size)
+
+    def _begin_head(self, data: bytes) -> bytes | None:
+        """Drop empty lines before a request line; start the head if more follows.
+
+        RFC 9112 §2.2: a server SHOULD ignore at least one empty line before a
+        request line (older clients send a CRLF after a POST body); h11 refuses it.
+        Empty lines do not start the header deadline or extend the idle one: a
+        client cannot hold a connection open by sending them.
+
+        Returns what is left of ``data`` (``b""`` while only empty lines came), or
+        None when the request was refused (answered).
+        """
+        try:
+            skip = self._guard.skip_empty_lines(data)
+        except HeadRejected as exc:
+            self._refuse(exc.status, exc.reason)
+            return None
+        if skip:
+            data = data[skip:]
+            if not data:
+                return data
+        self._start_head()
+        return data
 
     def _start_head(self) -> None:
         # The first byte of a head has arrived: the header deadline runs from here
