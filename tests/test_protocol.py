@@ -501,3 +501,71 @@ def test_empty_lines_leave_the_connection_waiting() -> None:
         assert [r["status"] for r in parse_responses(bytes(transport.written))] == [200]
 
     asyncio.run(scenario())
+
+
+# A request that ends the connection (HTTP/1.0, "Connection: close"), then more bytes.
+# h11 raises "Got data when expecting EOF" from next_event(); RFC 9112 §9.6 says to
+# process no further request: serve this one, drop the rest, close (as uvicorn does).
+POST_CLOSE = b"POST /p HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"
+CLOSE_THEN_MORE = {
+    "HTTP/1.0 then a stray CRLF": b"GET /old HTTP/1.0\r\n\r\n\r\n",
+    "Connection: close, a body, then a stray CRLF": POST_CLOSE + b"\r\n",
+    "Connection: close then a whole request": POST_CLOSE + SIMPLE_GET,
+    "HTTP/1.0 then garbage": b"GET /old HTTP/1.0\r\n\r\n\x00\xff garbage",
+}
+
+
+class Recording:
+    """A handler that echoes the body and records the targets it was given."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+
+    async def __call__(self, request: Request) -> Response:
+        self.targets.append(request.target)
+        return Response(await request.body())
+
+
+async def feed_in_two(data: bytes, cut: int, handler: Recording) -> tuple[bytes, bool]:
+    """Feed ``data`` as two reads split at ``cut``; what was written, and whether it closed."""
+    protocol, transport = make_connection(handler)
+    for piece in (data[:cut], data[cut:]):
+        if piece and not transport.closed:
+            protocol.data_received(piece)
+            await asyncio.sleep(0)
+    await settle(protocol)
+    return bytes(transport.written), transport.closed
+
+
+@pytest.mark.parametrize("name", sorted(CLOSE_THEN_MORE))
+def test_request_that_closes_is_served_and_what_follows_dropped(name: str) -> None:
+    data = CLOSE_THEN_MORE[name]
+    for cut in range(len(data) + 1):
+        handler = Recording()
+        wire, closed = asyncio.run(feed_in_two(data, cut, handler))
+        assert [r["status"] for r in parse_responses(wire)] == [200], cut
+        assert len(handler.targets) == 1 and closed, cut
+
+
+def test_bytes_after_a_closing_request_are_dropped_while_it_is_answered() -> None:
+    """Bytes that arrive while the handler runs neither refuse nor cut its response."""
+
+    async def scenario() -> None:
+        go = asyncio.Event()
+
+        async def handler(request: Request) -> Response:
+            await go.wait()
+            return Response(await request.body())
+
+        protocol, transport = make_connection(handler)
+        protocol.data_received(POST_CLOSE)
+        await asyncio.sleep(0)
+        protocol.data_received(b"\r\n" + SIMPLE_GET * 100)
+        assert protocol.eof_received()  # the client is done sending: keep answering
+        go.set()
+        await settle(protocol)
+        [response] = parse_responses(bytes(transport.written))
+        assert response["status"] == 200 and response["body"] == b"hello"
+        assert response["headers"][b"connection"] == b"close" and transport.closed
+
+    asyncio.run(scenario())

@@ -178,12 +178,14 @@ class HTTPConnection(asyncio.Protocol):
                 data = head
             if not self._check_head(data):
                 return
-        elif self.h11.their_state is h11.DONE:
+        elif (their_state := self.h11.their_state) is h11.DONE:
             # The next request, sent before we finished answering this one.
             self._pipelined += len(data)
             if self._pipelined > self._config.max_pipeline_buffer:
                 assert self.flow is not None
                 self.flow.pause_reading(ReadPause.PIPELINE)
+        elif their_state is h11.MUST_CLOSE:
+            return  # after a request that closes the connection: dropped (_handle_events)
         self.h11.receive_data(data)
         self._handle_events()
 
@@ -191,8 +193,9 @@ class HTTPConnection(asyncio.Protocol):
         self.client_eof = True
         if self.state is not ConnState.ACTIVE and self.state is not ConnState.HEAD:
             return False  # nothing in progress: let the transport close
-        self.h11.receive_data(b"")
-        self._handle_events()
+        if self.h11.their_state is not h11.MUST_CLOSE:  # else h11 may hold bytes we drop
+            self.h11.receive_data(b"")
+            self._handle_events()
         if self.exchange is not None:
             self.exchange.probe_event_stream()
         # A client that half-closed after sending its request still gets the whole
@@ -256,6 +259,12 @@ class HTTPConnection(asyncio.Protocol):
             elif kind is h11.EndOfMessage:
                 assert self.exchange is not None
                 self.exchange.body.finish()
+                if conn.their_state is h11.MUST_CLOSE:
+                    # HTTP/1.0 or "Connection: close": RFC 9112 §9.6 says process no
+                    # further request on this connection. h11 raises "Got data when
+                    # expecting EOF" on any byte after it (an older client's stray
+                    # CRLF after a POST body): serve this request, drop the rest.
+                    return
             elif event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             elif kind is h11.ConnectionClosed:
