@@ -48,10 +48,12 @@ from collections.abc import Callable
 
 import h11
 
+from ._chunkguard import ChunkGuard
 from ._context import PHRASES, Handler, ServerContext, date_header, response_ended
 from ._exchange import Exchange
 from ._flow import FlowControl, ReadPause
 from ._headguard import HeadGuard, HeadRejected
+from .chunked import ChunkedDecodingError
 from .errors import HTTPError
 from .request import parse_target
 
@@ -100,6 +102,7 @@ class HTTPConnection(asyncio.Protocol):
 
     # Slots: thousands of idle event-stream connections each carry one of these.
     __slots__ = (
+        "_chunks",
         "_config",
         "_deadline",
         "_drained",
@@ -124,6 +127,7 @@ class HTTPConnection(asyncio.Protocol):
         self._config = ctx.config
         self.h11 = self._new_parser()
         self._guard = HeadGuard(ctx.config.max_head_size)
+        self._chunks: ChunkGuard | None = None  # checks a chunked body while it arrives
         # Per-connection state
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
@@ -177,6 +181,11 @@ class HTTPConnection(asyncio.Protocol):
                     return
                 data = head
             if not self._check_head(data):
+                return
+        elif self._chunks is not None:
+            reason = self._scan_chunks(data)
+            if reason is not None:
+                self._refuse(400, reason)
                 return
         elif (their_state := self.h11.their_state) is h11.DONE:
             # The next request, sent before we finished answering this one.
@@ -310,6 +319,27 @@ class HTTPConnection(asyncio.Protocol):
             return 400, "both Content-Length and Transfer-Encoding"
         if self._over_capacity:
             return 503, "too many connections"
+        if transfer_encoding:
+            # h11 accepted it, so the coding is chunked (h11 answers any other with
+            # 501). Check the body bytes h11 already holds; later ones are checked
+            # in data_received before h11 sees them.
+            self._chunks = ChunkGuard()
+            reason = self._scan_chunks(self.h11.trailing_data[0])
+            if reason is not None:
+                return 400, reason
+        return None
+
+    def _scan_chunks(self, data: bytes) -> str | None:
+        """Show chunked body bytes to the chunk guard; the reason if it refused them."""
+        guard = self._chunks
+        assert guard is not None
+        try:
+            end = guard.feed(data)
+        except ChunkedDecodingError as exc:
+            self._chunks = None
+            return str(exc)
+        if end is not None:
+            self._chunks = None  # the body ended: what follows is the next request's
         return None
 
     # Ending an exchange, keep-alive and closing
@@ -340,6 +370,7 @@ class HTTPConnection(asyncio.Protocol):
         self.h11.start_next_cycle()
         self.state = ConnState.WAITING
         self._guard.reset()
+        self._chunks = None
         self._pipelined = 0
         self.flow.resume_reading(ReadPause.PIPELINE)
         pending, _ = self.h11.trailing_data
