@@ -1,4 +1,4 @@
-"""Refusals over real sockets on 127.0.0.1: what the client reads, and what it costs us."""
+"""Real sockets on 127.0.0.1: strict reading verdicts, and what a refusal costs us."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import socket
 
 import h11
+import pytest
 
 from tinystream import Request, Response
 from tinystream.server import LINGER_MAX_BYTES
@@ -108,3 +109,46 @@ async def test_empty_lines_then_silence_end_like_an_idle_connection() -> None:
             await conn.send_raw(b"\r\n")
             # Closed at the idle deadline, without a 408 the client never asked for.
             assert await asyncio.wait_for(conn.read_raw_until_close(), TIMEOUT) == b""
+
+
+# llhttp's verdicts, over a real socket: each request ends the connection, so the
+# answer is everything read until the close.
+CLOSE = b"Connection: close\r\n"
+STRICT_VERDICTS = {
+    # RFC 9112 §9.6: serve a closing request, drop what follows (h11: 400).
+    "HTTP/1.0 then a stray CRLF": (b"GET / HTTP/1.0\r\n\r\n\r\n", 200),
+    # RFC 9112 §2.2: ignore empty lines before a request line (h11: 400).
+    "CRLF before the request line": (b"\r\nGET / HTTP/1.1\r\nHost: a\r\n" + CLOSE + b"\r\n", 200),
+    # Bare LF ends a field line for h11, not for a CRLF-only proxy (h11: served).
+    "bare LF between field lines": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nDummy: x\nContent-Length: 3\r\n\r\nabc",
+        400,
+    ),
+    # Chunk-size lines llhttp refuses (h11: served).
+    "nothing after ';'": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2;\r\nhi\r\n0\r\n\r\n",
+        400,
+    ),
+    "unclosed quoted string": (
+        b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2;a="b\r\nhi\r\n0\r\n\r\n',
+        400,
+    ),
+    "whitespace after the size": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2 \r\nhi\r\n0\r\n\r\n",
+        400,
+    ),
+    # RFC 9112 §3.2: no fragment in a request target (was served after a query).
+    "fragment after the query": (b"GET /a?b=1#c HTTP/1.1\r\nHost: a\r\n" + CLOSE + b"\r\n", 400),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRICT_VERDICTS))
+async def test_strict_verdicts_over_a_socket(name: str) -> None:
+    data, status = STRICT_VERDICTS[name]
+    async with serve_for_test(hello) as client:
+        async with client.connection() as conn:
+            await conn.send_raw(data)
+            answer = await asyncio.wait_for(conn.read_raw_until_close(), TIMEOUT)
+        assert statuses(answer) == [status]
+        assert b"connection: close" in answer.lower()
+        assert (await client.get("/")).status == 200  # and the next client is served
