@@ -21,7 +21,8 @@ which is all its state machine needs to allow keep-alive.
 Rules the connection and its exchanges keep:
 
 1. Nothing a client sends reaches a handler unless h11 parsed it *and* it passed
-   our own checks (:mod:`tinystream._headguard`, :meth:`HTTPConnection._refusal`).
+   our own checks (:mod:`tinystream._headguard`, :mod:`tinystream._chunkguard`,
+   :meth:`HTTPConnection._refusal`).
    Every refusal is a 4xx/5xx with ``Connection: close`` followed by a lingering
    close, so the client reads the error before the socket goes away.
 2. Every exchange ends exactly once, through ``Exchange.run``'s ``finally``, which
