@@ -31,6 +31,11 @@ VALID = [
     b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
     b"GET /old HTTP/1.0\r\n\r\n",
     b"GET /q?x=%41 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    # RFC 9112 §2.2: empty lines before a request line are ignored (a stray CRLF
+    # after a body, older clients) - also after a request that closes: dropped.
+    b"\r\n\nGET /lead HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"\r\n",
+    b'POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2; a = "b;c"\r\nhi\r\n0\r\n\r\n',
 ]
 HOSTILE = [
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -42,6 +47,14 @@ HOSTILE = [
     b"GET / HTTP/1.1\r\n\r\n",
     b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 20_000 + b"\r\n\r\n",
+    # What strict parsers (llhttp) refuse and h11 serves: bare LF in the head,
+    # chunk-size lines with nothing after ';', an open quote, space after the size.
+    b"POST / HTTP/1.1\r\nHost: a\r\nDummy: x\nContent-Length: 3\r\n\r\nabc",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2;\r\nhi\r\n0\r\n\r\n",
+    b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2;a="b\r\nhi\r\n0\r\n\r\n',
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2 \r\nhi\r\n0\r\n\r\n",
+    b"GET /a?b=1#c HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"\rGET / HTTP/1.1\r\nHost: a\r\n\r\n",
 ]
 
 pieces = st.one_of(
@@ -76,6 +89,7 @@ def check_request_is_sane(request: Request) -> None:
     assert request.http_version in ("1.0", "1.1")
     assert TOKEN.fullmatch(request.method), request.method  # RFC 9110 §9.1: a token
     assert request.path.startswith("/") or request.path == "*"
+    assert "#" not in request.target  # RFC 9112 §3.2: no fragment in a request target
     names = [name for name, _ in request.headers.raw]
     assert not (b"content-length" in names and b"transfer-encoding" in names)
     for name, value in request.headers.raw:
@@ -133,6 +147,10 @@ async def drive(data: bytes, cuts: list[int], ending: str) -> tuple[FakeTranspor
             protocol.data_received(data[start:cut])
             await asyncio.sleep(0)
         start = cut
+    if not transport.closed and ending == "none" and protocol.h11.their_state is h11.SEND_BODY:
+        # The body is incomplete and the client has not finished sending: the
+        # handler rightly waits for the rest. The client then vanishes.
+        ending = "lost"
     if not transport.closed:
         if ending == "eof":
             if not protocol.eof_received():
@@ -204,5 +222,29 @@ def test_hostile_requests_get_an_answer_even_for_head(request_bytes: bytes) -> N
         statuses = parse_output(bytes(transport.written), methods)
         assert len(statuses) == 1 and 400 <= statuses[0] <= 599
         assert recorder.requests == []
+
+    asyncio.run(scenario())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    chunks=st.lists(st.sampled_from(VALID), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(0, 600), max_size=8),
+)
+def test_valid_requests_are_all_served_however_split(chunks: list[bytes], cuts: list[int]) -> None:
+    """Valid requests, pipelined and split anywhere, are each served, up to the first
+    that closes the connection (RFC 9112 §9.6: what follows it is dropped, not refused)."""
+    served = 0
+    for piece in chunks:
+        if piece.startswith(b"\r\n") and piece.strip(b"\r\n") == b"":
+            continue  # only empty lines: ignored (RFC 9112 §2.2)
+        served += 1
+        if b"HTTP/1.0" in piece or b"Connection: close" in piece:
+            break
+
+    async def scenario() -> None:
+        transport, recorder, _ = await drive(b"".join(chunks), cuts, "none")
+        statuses = parse_output(bytes(transport.written), [r.method for r in recorder.requests])
+        assert statuses == [200] * served
 
     asyncio.run(scenario())

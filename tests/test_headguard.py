@@ -1,4 +1,4 @@
-"""The head guard: head size and obs-fold, however the bytes are split."""
+"""The head guard: head size, obs-fold and bare LF, however the bytes are split."""
 
 from __future__ import annotations
 
@@ -27,9 +27,56 @@ def test_finds_the_end_of_the_head_at_every_split() -> None:
         assert not guard.active
 
 
-def test_bare_lf_heads() -> None:
-    data = b"GET / HTTP/1.1\nHost: a\n\nrest"
-    assert HeadGuard(1024).feed(data) == data.index(b"rest")
+# A bare LF ends a line for h11 but not for a proxy that splits only on CRLF (or
+# that refuses it, as llhttp does): wherever it is, the head is refused.
+BARE_LF = [
+    b"GET / HTTP/1.1\nHost: a\r\n\r\n",  # after the request line
+    b"GET / HTTP/1.1\r\nHost: a\nX: 1\r\n\r\n",  # after a field line
+    # The smuggling shape: one field to a CRLF-only parser, two to h11.
+    b"POST / HTTP/1.1\r\nHost: a\r\nDummy: x\nContent-Length: 23\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\n\n",  # the empty line that ends the head
+    b"GET / HTTP/1.1\r\nHost: a\n\r\n",  # the last field line
+    b"GET / HTTP/1.1\nHost: a\n\nrest",  # every line
+    b"\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",  # the head's first byte
+]
+
+
+@pytest.mark.parametrize("data", BARE_LF)
+def test_bare_lf_is_refused_at_every_split(data: bytes) -> None:
+    for cut in range(len(data) + 1):
+        with pytest.raises(HeadRejected) as info:
+            feed_split(HeadGuard(1024), data, cut)
+        assert info.value.status == 400, cut
+
+
+def scan(guard: HeadGuard, data: bytes, cuts: list[int]) -> int | str:
+    """Feed ``data`` cut at ``cuts``: "end" when the head ended, else the refusal status."""
+    start = 0
+    try:
+        for point in sorted({c for c in cuts if c <= len(data)} | {len(data)}):
+            if guard.feed(data[start:point]) is not None:
+                return "end"
+            start = point
+    except HeadRejected as exc:
+        return exc.status
+    return "incomplete"
+
+
+@given(
+    fields=st.lists(st.text("abcxyz: ", max_size=12).map(lambda t: "x" + t), max_size=6),
+    which=st.integers(0, 100),
+    cuts=st.lists(st.integers(0, 120), max_size=6),
+)
+def test_one_bare_lf_anywhere_is_refused_however_split(
+    fields: list[str], which: int, cuts: list[int]
+) -> None:
+    strict = ("GET / HTTP/1.1\r\n" + "".join(f + "\r\n" for f in fields) + "\r\n").encode()
+    assert scan(HeadGuard(1024), strict, cuts) == "end"
+    # The same head with one of its line ends (the empty line's too) made a bare LF.
+    ends = [i for i in range(len(strict)) if strict.startswith(b"\r\n", i)]
+    at = ends[which % len(ends)]
+    bare = strict[:at] + strict[at + 1 :]
+    assert scan(HeadGuard(1024), bare, cuts) == 400, (bare, cuts)
 
 
 @pytest.mark.parametrize("fold", [b"\r\n continued", b"\r\n\tcontinued", b"\n continued"])
@@ -78,3 +125,38 @@ def test_size_limit_is_exact_however_split(size: int, cuts: list[int]) -> None:
     else:
         assert end == len(head)
         assert len(head) <= limit
+
+
+@pytest.mark.parametrize(
+    ("data", "empty"),
+    [
+        (HEAD, 0),  # the common case: nothing to skip
+        (b"\r\n" + HEAD, 2),
+        (b"\n\r\n\n" + HEAD, 4),  # CRLF and bare LF mixed
+    ],
+)
+def test_empty_lines_before_the_request_line_are_skipped_at_every_split(
+    data: bytes, empty: int
+) -> None:
+    for cut in range(empty + 2):
+        guard = HeadGuard(1024)
+        first = guard.skip_empty_lines(data[:cut]) if cut else 0
+        skipped = first + (guard.skip_empty_lines(data[cut:]) if first == cut else 0)
+        assert skipped == empty, cut
+
+
+@pytest.mark.parametrize("data", [b"\rGET", b"\r\r\n", b"\n\rX"])
+def test_a_cr_without_lf_before_the_request_line_is_refused(data: bytes) -> None:
+    for cut in range(1, len(data)):
+        guard = HeadGuard(1024)
+        with pytest.raises(HeadRejected) as info:
+            if guard.skip_empty_lines(data[:cut]) == cut:
+                guard.skip_empty_lines(data[cut:])
+        assert info.value.status == 400, cut
+
+
+def test_empty_lines_count_against_the_head_limit() -> None:
+    guard = HeadGuard(100)
+    assert guard.skip_empty_lines(b"\r\n" * 50) == 100
+    with pytest.raises(HeadRejected):
+        guard.skip_empty_lines(b"\r\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from tinystream import Request, Response, StreamingResponse
 from tinystream.chunked import ChunkedDecoder
+from tinystream.server import LINGER_MAX_BYTES, ConnState
 
 from .helpers import POST_CHUNKED, POST_CL, SIMPLE_GET, make_connection, parse_responses, settle
 
@@ -172,6 +174,7 @@ def test_every_split_point_of_fixtures_gives_identical_responses() -> None:
 
 # Hostile and malformed input: refused with the fitting status, connection closed.
 
+CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
 REFUSED = {
     "content-length and transfer-encoding": (
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
@@ -186,6 +189,21 @@ REFUSED = {
         400,
     ),
     "obs-fold": (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: one\r\n two\r\n\r\n", 400),
+    # Chunk-size lines h11 serves and llhttp refuses (RFC 9112 §7.1.1).
+    "nothing after ';' in a chunk-size line": (CHUNKED_HEAD + b"5;\r\nhello\r\n0\r\n\r\n", 400),
+    "unclosed quoted string in a chunk extension": (
+        CHUNKED_HEAD + b'5;a="b\r\nhello\r\n0\r\n\r\n',
+        400,
+    ),
+    "whitespace after the chunk size": (CHUNKED_HEAD + b"5 \r\nhello\r\n0\r\n\r\n", 400),
+    # A bare LF ends a field line for h11, not for a proxy that splits on CRLF only:
+    # Content-Length would be smuggled past it (llhttp refuses this too).
+    "bare LF between field lines": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nDummy: x\nContent-Length: 3\r\n\r\nabc",
+        400,
+    ),
+    "bare LF after the request line": (b"GET / HTTP/1.1\nHost: a\r\n\r\n", 400),
+    "bare LF line ends throughout": (b"GET / HTTP/1.1\nHost: a\n\n", 400),
     "head over the limit in one read": (
         b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
         431,
@@ -193,6 +211,9 @@ REFUSED = {
     "http/2 preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
     "http/2.0 version": (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
     "invalid percent-encoding": (b"GET /a%zzb HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    # RFC 9112 §3.2: no fragment in a request target, after the query as before it.
+    "fragment after the query": (b"GET /a?b=1#c HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "fragment before the query": (b"GET /a#c?b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     "percent-encoding of invalid utf-8": (b"GET /a%ff HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     "missing host": (b"GET / HTTP/1.1\r\n\r\n", 400),
     "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
@@ -225,6 +246,24 @@ def test_hostile_input_is_refused_and_never_served(name: str) -> None:
         assert response["headers"][b"connection"] == b"close"
         assert transport.eof_written  # lingering close: our side shut, reading on
         assert not seen, "a refused request reached the handler"
+
+    asyncio.run(scenario())
+
+
+def test_lingering_close_drops_up_to_its_byte_budget_then_resets() -> None:
+    """After a refusal the client's bytes are dropped up to LINGER_MAX_BYTES, then reset."""
+
+    async def scenario() -> None:
+        protocol, transport = make_connection(echo, max_body_size=1000)
+        protocol.data_received(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9999999\r\n\r\n")
+        assert parse_responses(bytes(transport.written))[0]["status"] == 413
+        piece = b"x" * 4096
+        for _ in range(LINGER_MAX_BYTES // len(piece)):
+            protocol.data_received(piece)
+        assert transport.eof_written and not transport.closed  # exactly the budget: lingering
+        protocol.data_received(b"x")
+        assert transport.aborted  # one byte over: reset, not 2 s more of reading
+        await settle(protocol)
 
     asyncio.run(scenario())
 
@@ -368,3 +407,209 @@ def test_a_protocol_error_mid_body_logs_one_line(caplog: pytest.LogCaptureFixtur
     asyncio.run(scenario())
     lines = [r.getMessage() for r in caplog.records if r.name == "tinystream.access"]
     assert len(lines) == 1 and '"POST /upload HTTP/1.1" 400' in lines[0]
+
+
+# Issue 11: h11 quotes offending bytes as Python reprs; the client reads plain text.
+REPR_ERRORS = {
+    # h11: "illegal header line: bytearray(b'Bad Header')"
+    "header line without a colon": (
+        b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
+        b"illegal header line: 'Bad Header'",
+    ),
+    # h11: "illegal request line: bytearray(b'GET /\\x7f HTTP/1.1')"
+    "control byte in the target": (b"GET /\x7f HTTP/1.1\r\n\r\n", b"illegal request line"),
+    # h11: "illegal header line: bytearray(b'X: a\\x00b')"
+    "NUL in a field value": (
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
+        b"illegal header line: 'X: a\\x00b'",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REPR_ERRORS))
+def test_error_reason_shows_no_python_repr(name: str) -> None:
+    data, reason = REPR_ERRORS[name]
+    [response] = parse_responses(feed(data, [], echo))
+    assert response["status"] == 400
+    assert reason in response["body"]
+    assert b"bytearray" not in response["body"]
+    assert not re.search(rb"\bb['\"]", response["body"])  # no bytes repr either
+
+
+def test_long_error_reason_is_cut_short() -> None:
+    """h11 quotes the whole offending line: the body does not echo 8 KiB back."""
+    wire = feed(b"GET / HTTP/1.1\r\nHost: a\r\nBad" + b"x" * 8000 + b"\r\n\r\n", [], echo)
+    [response] = parse_responses(wire)
+    assert response["status"] == 400 and len(response["body"]) < 300
+
+
+# RFC 9112 §2.2: a server SHOULD ignore at least one empty line before a request
+# line. h11 refuses it (400); llhttp and uvicorn serve the request.
+EMPTY_LINES_SERVED = {
+    "CRLF before the request line": (b"\r\n" + SIMPLE_GET, 1),
+    "bare LF before the request line": (b"\n" + SIMPLE_GET, 1),
+    "several empty lines": (b"\r\n\n\r\n\r\n" + SIMPLE_GET, 1),
+    # Older clients send a CRLF after a POST body; the next request must not pay for it.
+    "stray CRLF after a POST body, then a pipelined request": (POST_CL + b"\r\n" + SIMPLE_GET, 2),
+    "empty lines between pipelined requests": (SIMPLE_GET + b"\r\n\r\n" + SIMPLE_GET, 2),
+    "stray CRLF after a chunked body": (POST_CHUNKED + b"\r\n" + SIMPLE_GET, 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY_LINES_SERVED))
+def test_empty_lines_before_a_request_line_are_ignored_at_every_split(name: str) -> None:
+    data, count = EMPTY_LINES_SERVED[name]
+    expected = feed(data, [], echo)
+    assert [r["status"] for r in parse_responses(expected)] == [200] * count
+    for cut in range(len(data) + 1):
+        assert strip_date(feed(data, [cut], echo)) == strip_date(expected), cut
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    before=st.lists(st.sampled_from([b"\r\n", b"\n"]), max_size=5),
+    cuts=st.lists(st.integers(0, 200), max_size=8),
+)
+def test_empty_lines_give_the_same_verdict_however_split(
+    before: list[bytes], cuts: list[int]
+) -> None:
+    data = b"".join(before) + POST_CL + b"".join(before) + SIMPLE_GET
+    responses = parse_responses(feed(data, cuts, echo))
+    assert [r["status"] for r in responses] == [200, 200]
+    assert responses[0]["body"] == b"hello"
+
+
+EMPTY_LINES_REFUSED = {
+    # A CR is only half of an empty line: not one to ignore.
+    "CR without LF before the request line": b"\r" + SIMPLE_GET,
+    "CR CR LF before the request line": b"\r\r\n" + SIMPLE_GET,
+    # Counted against the head limit: a stream of CRLFs is not a free ride.
+    "more empty lines than the head limit": b"\r\n" * 600 + SIMPLE_GET,
+}
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY_LINES_REFUSED))
+def test_bad_or_endless_empty_lines_are_refused(name: str) -> None:
+    data = EMPTY_LINES_REFUSED[name]
+    for cuts in ([], [1], [2], list(range(0, len(data), 7))):
+        wire = feed(data, cuts, echo, max_head_size=1024)
+        [response] = parse_responses(wire)
+        assert response["status"] == 400, cuts
+        assert response["headers"][b"connection"] == b"close"
+
+
+def test_empty_lines_leave_the_connection_waiting() -> None:
+    """Empty lines start no header deadline: the idle deadline still runs (no 408)."""
+
+    async def scenario() -> None:
+        protocol, transport = make_connection(echo)
+        idle = protocol._deadline
+        protocol.data_received(b"\r\n\r\n")
+        assert protocol.state is ConnState.WAITING and protocol._deadline is idle
+        protocol.data_received(SIMPLE_GET)
+        await settle(protocol)
+        assert [r["status"] for r in parse_responses(bytes(transport.written))] == [200]
+
+    asyncio.run(scenario())
+
+
+# A request that ends the connection (HTTP/1.0, "Connection: close"), then more bytes.
+# h11 raises "Got data when expecting EOF" from next_event(); RFC 9112 §9.6 says to
+# process no further request: serve this one, drop the rest, close (as uvicorn does).
+POST_CLOSE = b"POST /p HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"
+CLOSE_THEN_MORE = {
+    "HTTP/1.0 then a stray CRLF": b"GET /old HTTP/1.0\r\n\r\n\r\n",
+    "Connection: close, a body, then a stray CRLF": POST_CLOSE + b"\r\n",
+    "Connection: close then a whole request": POST_CLOSE + SIMPLE_GET,
+    "HTTP/1.0 then garbage": b"GET /old HTTP/1.0\r\n\r\n\x00\xff garbage",
+}
+
+
+class Recording:
+    """A handler that echoes the body and records the targets it was given."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+
+    async def __call__(self, request: Request) -> Response:
+        self.targets.append(request.target)
+        return Response(await request.body())
+
+
+async def feed_in_two(data: bytes, cut: int, handler: Recording) -> tuple[bytes, bool]:
+    """Feed ``data`` as two reads split at ``cut``; what was written, and whether it closed."""
+    protocol, transport = make_connection(handler)
+    for piece in (data[:cut], data[cut:]):
+        if piece and not transport.closed:
+            protocol.data_received(piece)
+            await asyncio.sleep(0)
+    await settle(protocol)
+    return bytes(transport.written), transport.closed
+
+
+@pytest.mark.parametrize("name", sorted(CLOSE_THEN_MORE))
+def test_request_that_closes_is_served_and_what_follows_dropped(name: str) -> None:
+    data = CLOSE_THEN_MORE[name]
+    for cut in range(len(data) + 1):
+        handler = Recording()
+        wire, closed = asyncio.run(feed_in_two(data, cut, handler))
+        assert [r["status"] for r in parse_responses(wire)] == [200], cut
+        assert len(handler.targets) == 1 and closed, cut
+
+
+def test_bytes_after_a_closing_request_are_dropped_while_it_is_answered() -> None:
+    """Bytes that arrive while the handler runs neither refuse nor cut its response."""
+
+    async def scenario() -> None:
+        go = asyncio.Event()
+
+        async def handler(request: Request) -> Response:
+            await go.wait()
+            return Response(await request.body())
+
+        # half_close: a FIN here says "done sending", not "gone" (the default).
+        protocol, transport = make_connection(handler, half_close=True)
+        protocol.data_received(POST_CLOSE)
+        await asyncio.sleep(0)
+        protocol.data_received(b"\r\n" + SIMPLE_GET * 100)
+        assert protocol.eof_received()  # the client is done sending: keep answering
+        go.set()
+        await settle(protocol)
+        [response] = parse_responses(bytes(transport.written))
+        assert response["status"] == 200 and response["body"] == b"hello"
+        assert response["headers"][b"connection"] == b"close" and transport.closed
+
+    asyncio.run(scenario())
+
+
+# The same chunked body, split anywhere, gets the same verdict (llhttp's cases).
+CHUNK_LINES = {
+    "extensions (llhttp)": (
+        b"5;ilovew3;somuchlove=aretheseparametersfor\r\nhello\r\n0\r\n\r\n",
+        200,
+    ),
+    "quoted ';' in an extension (llhttp)": (
+        b'5;a="I love; extensions";b\r\nhello\r\n0\r\n\r\n',
+        200,
+    ),
+    "BWS around ';' and '=' past the size (RFC 9112)": (b"5; a = b ;c\r\nhello\r\n0\r\n\r\n", 200),
+    "trailer fields": (b"5\r\nhello\r\n0\r\nVary: *\r\n\r\n", 200),
+    "nothing after ';' (llhttp)": (b"5;\r\nhello\r\n0\r\n\r\n", 400),
+    "unbalanced quote (llhttp)": (b'5;a="abc";b="def; ghi\r\nhello\r\n0\r\n\r\n', 400),
+    "trailing space after the size (llhttp)": (b"5  \r\nhello\r\n0\r\n\r\n", 400),
+    "no ';' before an extension (llhttp)": (b"5 erfrferferf\r\nhello\r\n0 rrrr\r\n\r\n", 400),
+    "bare LF in a trailer": (b"5\r\nhello\r\n0\r\nVary: *\n\r\n", 400),
+}
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(sorted(CHUNK_LINES)), cuts=st.lists(st.integers(0, 150), max_size=6))
+def test_chunk_size_lines_get_the_same_verdict_however_split(name: str, cuts: list[int]) -> None:
+    body, status = CHUNK_LINES[name]
+    data = CHUNKED_HEAD + body + SIMPLE_GET
+    statuses = [r["status"] for r in parse_responses(feed(data, cuts, echo))]
+    if status == 200:
+        assert statuses == [200, 200]  # and the pipelined request after it is served
+        assert parse_responses(feed(data, cuts, echo))[0]["body"] == b"hello"
+    else:
+        assert statuses == [400]

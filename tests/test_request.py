@@ -32,7 +32,20 @@ def test_asterisk_form_for_options() -> None:
 
 @pytest.mark.parametrize(
     "target",
-    [b"/a%zz", b"/a%f", b"/%ff%fe", b"*", b"ftp://x/y", b"relative", b"/a#frag", b"/\xc3\xa9"],
+    [
+        b"/a%zz",
+        b"/a%f",
+        b"/%ff%fe",
+        b"*",
+        b"ftp://x/y",
+        b"relative",
+        b"/\xc3\xa9",
+        # RFC 9112 §3.2: a request target never carries a fragment, wherever it is.
+        b"/a#frag",
+        b"/a#c?b",  # before the query
+        b"/a?b=1#c",  # after the query (was served, the "#c" left in the query)
+        b"http://x/a?b#c",  # absolute form
+    ],
 )
 def test_bad_targets_are_400(target: bytes) -> None:
     with pytest.raises(HTTPError) as info:

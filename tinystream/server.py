@@ -21,7 +21,8 @@ which is all its state machine needs to allow keep-alive.
 Rules the connection and its exchanges keep:
 
 1. Nothing a client sends reaches a handler unless h11 parsed it *and* it passed
-   our own checks (:mod:`tinystream._headguard`, :meth:`HTTPConnection._refusal`).
+   our own checks (:mod:`tinystream._headguard`, :mod:`tinystream._chunkguard`,
+   :meth:`HTTPConnection._refusal`).
    Every refusal is a 4xx/5xx with ``Connection: close`` followed by a lingering
    close, so the client reads the error before the socket goes away.
 2. Every exchange ends exactly once, through ``Exchange.run``'s ``finally``, which
@@ -41,16 +42,19 @@ import asyncio
 import contextlib
 import enum
 import logging
+import re
 import socket
 import struct
 from collections.abc import Callable
 
 import h11
 
+from ._chunkguard import ChunkGuard
 from ._context import PHRASES, Handler, ServerContext, date_header, response_ended
 from ._exchange import Exchange
 from ._flow import FlowControl, ReadPause
 from ._headguard import HeadGuard, HeadRejected
+from .chunked import ChunkedDecodingError
 from .errors import HTTPError
 from .request import parse_target
 
@@ -68,7 +72,21 @@ _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 #: still sends for this long, so it can read our response before the socket closes
 #: (closing with unread input makes the kernel send RST, which can destroy it).
 LINGER_TIMEOUT = 2.0  # seconds
+#: ... and at most this many bytes: without a byte bound a client blasting a refused
+#: 1 GiB upload had 362 MiB read and dropped in the 2 s. A client that reads while
+#: it writes (browsers, curl) has the response long before this; one that does not
+#: read until it has written everything would lose it to the reset either way. Go's
+#: net/http reads at most 256 KiB of an unread body (maxPostHandlerReadBytes).
+LINGER_MAX_BYTES = 256 * 1024  # bytes
 _OK_VERSIONS = (b"1.1", b"1.0")
+#: Longest reason shown in an error body. h11 quotes a whole offending line, which
+#: can be as long as the head limit; the client needs only enough to recognise it.
+MAX_REASON = 200  # characters
+# h11 quotes offending bytes as Python reprs: "illegal header line:
+# bytearray(b'Bad Header')", "(expected b'\r\n')". Issue 11: a client should see the
+# bytes, not a Python type; the quoted, escaped text inside is kept.
+_QUOTED = r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
+_BYTES_REPR = re.compile(rf"bytearray\(b{_QUOTED}\)|\bb{_QUOTED}")
 
 
 class ConnState(enum.Enum):
@@ -85,8 +103,10 @@ class HTTPConnection(asyncio.Protocol):
 
     # Slots: thousands of idle event-stream connections each carry one of these.
     __slots__ = (
+        "_chunks",
         "_config",
         "_deadline",
+        "_drained",
         "_guard",
         "_keep_alive",
         "_over_capacity",
@@ -106,8 +126,9 @@ class HTTPConnection(asyncio.Protocol):
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self._config = ctx.config
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=ctx.config.max_head_size)
+        self.h11 = self._new_parser()
         self._guard = HeadGuard(ctx.config.max_head_size)
+        self._chunks: ChunkGuard | None = None  # checks a chunked body while it arrives
         # Per-connection state
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
@@ -120,6 +141,7 @@ class HTTPConnection(asyncio.Protocol):
         self._keep_alive = True
         self._pipelined = 0
         self._over_capacity = False
+        self._drained = 0  # bytes dropped since a refusal (DRAINING)
         # Per-request state
         self.exchange: Exchange | None = None
 
@@ -148,19 +170,32 @@ class HTTPConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self.state
-        if state is ConnState.DRAINING or state is ConnState.CLOSED or state is ConnState.CLOSING:
+        if state is ConnState.DRAINING:
+            self._drain(len(data))
+            return
+        if state is ConnState.CLOSED or state is ConnState.CLOSING:
             return
         if self._guard.active:
             if state is ConnState.WAITING:
-                self._start_head()
+                head = self._begin_head(data)
+                if not head:
+                    return
+                data = head
             if not self._check_head(data):
                 return
-        elif self.h11.their_state is h11.DONE:
+        elif self._chunks is not None:
+            reason = self._scan_chunks(data)
+            if reason is not None:
+                self._refuse(400, reason)
+                return
+        elif (their_state := self.h11.their_state) is h11.DONE:
             # The next request, sent before we finished answering this one.
             self._pipelined += len(data)
             if self._pipelined > self._config.max_pipeline_buffer:
                 assert self.flow is not None
                 self.flow.pause_reading(ReadPause.PIPELINE)
+        elif their_state is h11.MUST_CLOSE:
+            return  # after a request that closes the connection: dropped (_handle_events)
         self.h11.receive_data(data)
         self._handle_events()
 
@@ -170,8 +205,9 @@ class HTTPConnection(asyncio.Protocol):
             # Nothing in progress: let the transport close once what we already
             # wrote (a response that was ready) is flushed.
             return False
-        self.h11.receive_data(b"")
-        self._handle_events()
+        if self.h11.their_state is not h11.MUST_CLOSE:  # else h11 may hold bytes we drop
+            self.h11.receive_data(b"")
+            self._handle_events()
         exchange = self.exchange
         if exchange is None:
             return self.state is ConnState.ACTIVE
@@ -230,7 +266,7 @@ class HTTPConnection(asyncio.Protocol):
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
                 logger.debug("protocol error from %s: %s", self.client, exc)
-                self._refuse(exc.error_status_hint, str(exc))
+                self._refuse(exc.error_status_hint, _readable(str(exc)))
                 return
             kind = type(event)
             if kind is h11.Data:
@@ -244,6 +280,12 @@ class HTTPConnection(asyncio.Protocol):
             elif kind is h11.EndOfMessage:
                 assert self.exchange is not None
                 self.exchange.body.finish()
+                if conn.their_state is h11.MUST_CLOSE:
+                    # HTTP/1.0 or "Connection: close": RFC 9112 §9.6 says process no
+                    # further request on this connection. h11 raises "Got data when
+                    # expecting EOF" on any byte after it (an older client's stray
+                    # CRLF after a POST body): serve this request, drop the rest.
+                    return
             elif event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             elif kind is h11.ConnectionClosed:
@@ -289,6 +331,27 @@ class HTTPConnection(asyncio.Protocol):
             return 400, "both Content-Length and Transfer-Encoding"
         if self._over_capacity:
             return 503, "too many connections"
+        if transfer_encoding:
+            # h11 accepted it, so the coding is chunked (h11 answers any other with
+            # 501). Check the body bytes h11 already holds; later ones are checked
+            # in data_received before h11 sees them.
+            self._chunks = ChunkGuard()
+            reason = self._scan_chunks(self.h11.trailing_data[0])
+            if reason is not None:
+                return 400, reason
+        return None
+
+    def _scan_chunks(self, data: bytes) -> str | None:
+        """Show chunked body bytes to the chunk guard; the reason if it refused them."""
+        guard = self._chunks
+        assert guard is not None
+        try:
+            end = guard.feed(data)
+        except ChunkedDecodingError as exc:
+            self._chunks = None
+            return str(exc)
+        if end is not None:
+            self._chunks = None  # the body ended: what follows is the next request's
         return None
 
     # Ending an exchange, keep-alive and closing
@@ -319,16 +382,53 @@ class HTTPConnection(asyncio.Protocol):
         self.h11.start_next_cycle()
         self.state = ConnState.WAITING
         self._guard.reset()
+        self._chunks = None
         self._pipelined = 0
         self.flow.resume_reading(ReadPause.PIPELINE)
         pending, _ = self.h11.trailing_data
-        if not pending:
+        head = self._begin_head(pending) if pending else b""
+        if head is None:
+            return  # refused
+        if len(head) != len(pending):
+            # Empty lines came before the pipelined request. h11 would refuse them
+            # and cannot drop bytes it holds, so a fresh parser takes the rest; at
+            # the start of a cycle the old one holds no other state. (No EOF to pass
+            # on: a client that sent one is not given another cycle.)
+            self.h11 = self._new_parser()
+            if head:
+                self.h11.receive_data(head)
+        if not head:
             self._set_deadline(self._config.keep_alive_timeout, self._on_idle_timeout)
             return
         # A pipelined request is already buffered: check its head, then parse it.
-        self._start_head()
-        if self._check_head(pending):
+        if self._check_head(head):
             self._handle_events()
+
+    def _new_parser(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._config.max_head_size)
+
+    def _begin_head(self, data: bytes) -> bytes | None:
+        """Drop empty lines before a request line; start the head if more follows.
+
+        RFC 9112 §2.2: a server SHOULD ignore at least one empty line before a
+        request line (older clients send a CRLF after a POST body); h11 refuses it.
+        Empty lines do not start the header deadline or extend the idle one: a
+        client cannot hold a connection open by sending them.
+
+        Returns what is left of ``data`` (``b""`` while only empty lines came), or
+        None when the request was refused (answered).
+        """
+        try:
+            skip = self._guard.skip_empty_lines(data)
+        except HeadRejected as exc:
+            self._refuse(exc.status, exc.reason)
+            return None
+        if skip:
+            data = data[skip:]
+            if not data:
+                return data
+        self._start_head()
+        return data
 
     def _start_head(self) -> None:
         # The first byte of a head has arrived: the header deadline runs from here
@@ -471,7 +571,22 @@ class HTTPConnection(asyncio.Protocol):
             return
         self.transport.write_eof()
         self.flow.resume_all_reading()
+        self._drained = 0
         self._set_deadline(LINGER_TIMEOUT, self._abort)
+
+    def _drain(self, size: int) -> None:
+        """Drop ``size`` bytes read during a lingering close; reset once the budget is spent.
+
+        The client has had its chance to read the response: it was written before
+        the first dropped byte. Closing with unread input resets the connection
+        anyway (the kernel sends RST), so we reset outright and free the socket now.
+        """
+        self._drained += size
+        if self._drained > LINGER_MAX_BYTES:
+            logger.debug(
+                "client %s sent over %d bytes after a refusal", self.client, LINGER_MAX_BYTES
+            )
+            self._abort()
 
     # Timeouts
 
@@ -536,3 +651,9 @@ class HTTPConnection(asyncio.Protocol):
         exchange.stop()
         assert self.flow is not None
         self.truncate(reset=self.flow.write_paused or exchange.close_delimited())
+
+
+def _readable(message: str) -> str:
+    """h11's error message as a client should read it: no Python reprs, bounded."""
+    text = _BYTES_REPR.sub(lambda m: m.group(1) or m.group(2), message)
+    return text if len(text) <= MAX_REASON else text[:MAX_REASON] + "..."
