@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -353,14 +354,20 @@ def slow_client(server: Server, size: dict[str, Any]) -> dict[str, float]:
 
 def disconnect(server: Server, size: dict[str, Any]) -> dict[str, float]:
     figures = {}
-    for kind in ("await", "busy"):
+    # A FIN is how browsers, curl and httpx leave; a reset is how a crashed client does.
+    for how, kind in itertools.product(("fin", "reset"), ("await", "busy")):
         delays = []
         for _ in range(size["trials"]):
-            before = len(json_body(http_get(server.port, "/closed"))["closed"])
+            try:
+                before = json_body(http_get(server.port, "/closed", timeout=2))["count"]
+            except (OSError, ValueError):
+                delays.append(float("inf"))  # starved by an earlier trial: never answers
+                break
             with socket.create_connection(("127.0.0.1", server.port)) as sock:
                 sock.sendall(f"GET /probe/{kind} HTTP/1.1\r\nHost: b\r\n\r\n".encode())
                 sock.recv(65536)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                if how == "reset":
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 closed_at = time.time()
             delay = float("inf")  # never, within 2 s (or the server stopped answering)
             deadline = time.monotonic() + 2
@@ -369,14 +376,14 @@ def disconnect(server: Server, size: dict[str, Any]) -> dict[str, float]:
                     report = json_body(http_get(server.port, "/closed", timeout=2))
                 except (OSError, ValueError):
                     break
-                if len(report["closed"]) > before:
+                if report["count"] > before:
                     delay = report["closed"][-1] - closed_at
                     break
                 time.sleep(0.002)
             delays.append(delay)
             if delay == float("inf"):
                 break  # a starved server will not answer the next trial either
-        figures[f"{kind}_ms"] = statistics.median(delays) * 1000
+        figures[f"{how}_{kind}_ms"] = statistics.median(delays) * 1000
     return figures
 
 
@@ -387,7 +394,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Server, dict[str, Any]], dict[str, flo
     "fanout": ("4. fan-out: subscribers x broadcast events", fanout),
     "idle": ("5. idle SSE connections", idle),
     "slow": ("6. a client reading 256 KiB/s from an endless stream", slow_client),
-    "disconnect": ("7. client's close (reset) -> producer's finally", disconnect),
+    "disconnect": ("7. client's close (FIN or reset) -> producer's finally", disconnect),
 }
 FULL = {
     "seconds": 10,

@@ -10,7 +10,7 @@ Endpoints (same behaviour in every framework):
   GET /endless          64 KiB chunks for ever, as fast as the client takes them
   GET /probe/await      one chunk, then waits for ever  (its finally is timed)
   GET /probe/busy       chunks for ever without awaiting (its finally is timed)
-  GET /closed           {"closed": [time.time() of each probe's finally], "live": N}
+  GET /closed           {"closed": [time.time() of the last 50 probes' finally], "count": N, "live": N}
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def producer_finished(probe: bool) -> None:
 
 
 def closed_report() -> dict[str, object]:
-    return {"closed": closed[-50:], "live": live}
+    # The last 50 times, and how many there were in all (the list is capped).
+    return {"closed": closed[-50:], "count": len(closed), "live": live}
 
 
 def counted(produce: AsyncIterator[bytes], probe: bool) -> AsyncIterator[bytes]:
