@@ -16,7 +16,15 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from typing import Any
 
 from .responses import HeadersArg, StreamingResponse
@@ -77,10 +85,18 @@ def _map_sync(
 
 
 async def _map_async(
-    items: AsyncIterable[Any], convert: Callable[[Any], Any], error: bytes | None
+    items: AsyncIterable[Any],
+    convert: Callable[[Any], Any],
+    error: bytes | None,
+    prelude: Callable[[], Awaitable[Any]] | None = None,
 ) -> AsyncIterator[Any]:
     iterator = items.__aiter__()
     try:
+        # Inside the try: a client that leaves while the prelude is awaited
+        # still closes the producer.
+        first = None if prelude is None else await prelude()
+        if first is not None:
+            yield convert(first)
         async for item in iterator:
             yield convert(item)
     except Exception:
@@ -98,14 +114,16 @@ def _map(
     items: Iterable[Any] | AsyncIterable[Any],
     convert: Callable[[Any], Any],
     error: bytes | None = None,
+    prelude: Callable[[], Awaitable[Any]] | None = None,
 ) -> Iterable[Any] | AsyncIterable[Any]:
     """``convert`` applied to every item, sync staying sync; closing it closes ``items``.
 
     With ``error``, an exception from the producer is logged and ``error`` (the
-    wire bytes of a last event) ends the stream instead.
+    wire bytes of a last event) ends the stream instead. With ``prelude`` (async
+    producers only), the item it returns, unless None, goes first.
     """
     if isinstance(items, AsyncIterable):
-        return _map_async(items, convert, error)
+        return _map_async(items, convert, error, prelude)
     if isinstance(items, Iterable) and not isinstance(items, (str, bytes, bytearray, Mapping)):
         return _map_sync(items, convert, error)
     raise TypeError(f"expected a sync or async iterable of items, got {type(items).__name__}")
@@ -144,6 +162,13 @@ class EventSourceResponse(StreamingResponse):
         compress: gzip the stream for clients that accept it, each event flushed
             at once. Off by default: it costs CPU per event, and compressing
             secrets beside attacker-chosen text can leak them (BREACH).
+
+    Resuming: if ``events`` is an async iterable with an ``__sse_prelude__()``
+    coroutine method (as a :class:`tinystream.broadcast.Subscription` has), the
+    event it returns, unless None, is sent before the first item and after the
+    ``retry`` field. That is how wire-only data (a subscription's position, as an
+    id-only event a browser stores as ``lastEventId`` without dispatching it)
+    reaches the client without being an item of the iterator.
 
     The headers go out at once (a proxy's read timeout never fires before the
     first event) with ``Cache-Control: no-cache`` and ``X-Accel-Buffering: no``
@@ -186,7 +211,12 @@ class EventSourceResponse(StreamingResponse):
             _event_name("shutdown_event", shutdown_event), shutdown_data, shutdown_retry
         )
         super().__init__(
-            _map(events, encode_event, self.error_event.encode()),
+            _map(
+                events,
+                encode_event,
+                self.error_event.encode(),
+                getattr(events, "__sse_prelude__", None),
+            ),
             status,
             headers,
             media_type=SSE_MEDIA_TYPE,
