@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,8 @@ from tinystream import EventSourceResponse, EventStreamDecoder, Request, ServerS
 from tinystream.broadcast import Broadcast, BroadcastUnavailable, Subscription
 from tinystream.testing import serve_for_test
 
+from . import processes
+
 TIMEOUT = 5.0
 
 
@@ -29,43 +32,48 @@ TIMEOUT = 5.0
 
 
 class RedisServer:
+    """A redis-server on a free port, in its own process group (``tests/processes.py``)."""
+
     def __init__(self) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.process: subprocess.Popen[bytes] | None = None
+        self.log: list[bytes] = []
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
+        self.process = processes.popen(
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        assert self.process.stdout is not None
+        output = self.process.stdout
+        assert output is not None
         # Ready when it says so (no polling): it prints this once it listens.
-        for line in self.process.stdout:
+        for line in output:
+            self.log.append(line)
             if b"Ready to accept connections" in line:
+                # Keep reading what it logs, so a full pipe can never stall it.
+                threading.Thread(target=self.log.extend, args=(output,), daemon=True).start()
                 return
-        raise AssertionError("redis-server did not start")
+        self.stop()
+        raise AssertionError(b"redis-server did not start:\n" + b"".join(self.log))
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
+            processes.stop_popen(self.process)
             self.process = None
 
 
@@ -73,8 +81,10 @@ class RedisServer:
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer()
     server.start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 async def take(subscription: Subscription, count: int) -> list[ServerSentEvent]:

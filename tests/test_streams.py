@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import shutil
+import signal
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -24,6 +25,7 @@ from tinystream import (
 from tinystream.streams import wants_event_stream
 from tinystream.testing import serve_for_test
 
+from . import processes
 from .helpers import wait
 
 TIMEOUT = 5.0
@@ -289,17 +291,17 @@ async def test_curl_sees_the_first_event_before_the_second_exists() -> None:
         return EventSourceResponse(gate.events())
 
     async with serve_for_test(handler) as client:
-        process = await asyncio.create_subprocess_exec(
-            curl, "-sN", f"http://127.0.0.1:{client.port}/", stdout=asyncio.subprocess.PIPE
-        )
-        assert process.stdout is not None
-        try:
+        async with processes.running(
+            curl,
+            "-sN",
+            f"http://127.0.0.1:{client.port}/",
+            stdout=asyncio.subprocess.PIPE,
+            stop_signal=signal.SIGKILL,
+        ) as process:
+            assert process.stdout is not None
             gate.queue.put_nowait("one")
             assert await asyncio.wait_for(process.stdout.readline(), TIMEOUT) == b"data: one\n"
             gate.queue.put_nowait("two")  # produced only now
             assert await asyncio.wait_for(process.stdout.readline(), TIMEOUT) == b"\n"
             assert await asyncio.wait_for(process.stdout.readline(), TIMEOUT) == b"data: two\n"
-        finally:
-            process.kill()
-            await process.wait()
         await wait(gate.closed)
