@@ -102,18 +102,19 @@ async def test_ping_only_when_idle() -> None:
     gate = Gate()
 
     async def handler(request: Request) -> EventSourceResponse:
-        return EventSourceResponse(gate.events(), ping=0.2)
+        return EventSourceResponse(gate.events(), ping=0.5)
 
     async with serve_for_test(handler) as client, client.stream("GET", "/") as response:
         chunks = response.aiter_bytes()
         # Idle: a ping comes by itself.
         assert await asyncio.wait_for(chunks.__anext__(), TIMEOUT) == b": ping\n\n"
 
-        # Busy: events every 50 ms for a second, never 0.2 s of silence, no pings.
+        # Busy: events every 25 ms for half a second, never 0.5 s of silence, no
+        # pings. (A 20-fold margin: a loaded machine may stall the loop a while.)
         async def busy() -> None:
             for i in range(20):
                 gate.queue.put_nowait(f"event {i}")
-                await asyncio.sleep(0.05)  # the producer's pace, not a wait for a condition
+                await asyncio.sleep(0.025)  # the producer's pace, not a wait for a condition
             gate.queue.put_nowait(StopAsyncIteration)
 
         feeder = asyncio.ensure_future(busy())
