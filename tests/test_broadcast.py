@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,8 +19,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tinystream import ServerSentEvent
+from tinystream import EventSourceResponse, EventStreamDecoder, Request, ServerSentEvent
 from tinystream.broadcast import Broadcast, BroadcastUnavailable, Subscription
+from tinystream.testing import serve_for_test
+
+from . import processes
 
 TIMEOUT = 5.0
 
@@ -28,43 +32,48 @@ TIMEOUT = 5.0
 
 
 class RedisServer:
+    """A redis-server on a free port, in its own process group (``tests/processes.py``)."""
+
     def __init__(self) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.process: subprocess.Popen[bytes] | None = None
+        self.log: list[bytes] = []
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
+        self.process = processes.popen(
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        assert self.process.stdout is not None
+        output = self.process.stdout
+        assert output is not None
         # Ready when it says so (no polling): it prints this once it listens.
-        for line in self.process.stdout:
+        for line in output:
+            self.log.append(line)
             if b"Ready to accept connections" in line:
+                # Keep reading what it logs, so a full pipe can never stall it.
+                threading.Thread(target=self.log.extend, args=(output,), daemon=True).start()
                 return
-        raise AssertionError("redis-server did not start")
+        self.stop()
+        raise AssertionError(b"redis-server did not start:\n" + b"".join(self.log))
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
+            processes.stop_popen(self.process)
             self.process = None
 
 
@@ -72,17 +81,19 @@ class RedisServer:
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer()
     server.start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 async def take(subscription: Subscription, count: int) -> list[ServerSentEvent]:
-    """The next ``count`` events, skipping position markers (browsers do not dispatch them)."""
+    """The next ``count`` events; each must be a published one (or a resync), with data."""
     events: list[ServerSentEvent] = []
     while len(events) < count:
         event = await asyncio.wait_for(subscription.__anext__(), TIMEOUT)
-        if event.data is not None:
-            events.append(event)
+        assert event.data is not None and event.id is not None, f"not published: {event!r}"
+        events.append(event)
     return events
 
 
@@ -112,20 +123,58 @@ async def test_publish_reaches_every_subscriber_with_ids(url: str) -> None:
         assert broadcast.subscriber_count == 2
 
 
-async def test_a_live_subscription_starts_with_its_position(url: str) -> None:
-    """An id-only first event: a browser stores it as lastEventId without dispatching
-    it, so a connection lost before any real event still resumes without loss."""
+async def test_iterating_yields_exactly_the_published_events(url: str) -> None:
+    """No position marker or any other item nobody published: the position is an
+    attribute in Python (and an id-only event only on the wire)."""
     channel = uuid.uuid4().hex
     async with Broadcast(url) as broadcast:
         before = await broadcast.publish(channel, "before")
         live = broadcast.subscribe(channel)
-        marker = await asyncio.wait_for(live.__anext__(), TIMEOUT)
-        assert marker.data is None and marker.id == before
-        missed = await broadcast.publish(channel, "published while reconnecting")
-        resumed = broadcast.subscribe(channel, last_event_id=marker.id)
-        assert [(e.id, e.data) for e in await take(resumed, 1)] == [
-            (missed, "published while reconnecting")
-        ]
+        await asyncio.wait_for(live.wait_started(), TIMEOUT)
+        assert live.position == before
+        ids = [await broadcast.publish(channel, f"m{i}", event="chat") for i in range(3)]
+        first = await asyncio.wait_for(live.__anext__(), TIMEOUT)
+        assert (first.id, first.data, first.event) == (ids[0], "m0", "chat")
+        assert [(e.id, e.data) for e in await take(live, 2)] == [(ids[1], "m1"), (ids[2], "m2")]
+        await live.aclose()
+        assert [e async for e in live] == []  # and nothing after the end either
+
+
+async def test_a_client_dropped_before_its_first_event_resumes_without_loss(url: str) -> None:
+    """On the wire a live subscription starts with an id-only event: a browser stores
+    it as lastEventId without dispatching it, so a connection lost before any real
+    event still resumes with Last-Event-ID and loses nothing."""
+    channel = uuid.uuid4().hex
+    async with Broadcast(url) as broadcast:
+
+        async def handler(request: Request) -> EventSourceResponse:
+            return EventSourceResponse(
+                broadcast.subscribe(channel, last_event_id=request.last_event_id), retry=1000
+            )
+
+        before = await broadcast.publish(channel, "before")
+        async with serve_for_test(handler, access_log=False) as client:
+            connection = await client.connect()
+            response = await connection.start("GET", "/")
+            decoder = EventStreamDecoder()
+            wire = b""
+            async for chunk in response.aiter_bytes():
+                wire += chunk
+                assert decoder.feed(chunk) == []  # nothing dispatched...
+                if decoder.last_event_id:
+                    break  # ...but the browser now knows where it is
+            # After the retry field, before any event: the position alone.
+            assert wire == f"retry: 1000\n\nid: {before}\n\n".encode()
+            assert decoder.last_event_id == before and decoder.retry == 1000
+            response.abort()  # dropped before its first event
+
+            missed = await broadcast.publish(channel, "published while reconnecting")
+            headers = {"Last-Event-ID": decoder.last_event_id}
+            async with client.stream("GET", "/", headers=headers) as resumed:
+                events = resumed.aiter_events()
+                event = await asyncio.wait_for(events.__anext__(), TIMEOUT)
+                assert (event.id, event.data) == (missed, "published while reconnecting")
+                await events.aclose()
 
 
 async def test_replay_after_last_event_id_then_live_without_gap_or_duplicate(url: str) -> None:
@@ -174,8 +223,7 @@ async def test_close_ends_subscriptions(url: str) -> None:
     channel = uuid.uuid4().hex
     broadcast = Broadcast(url)
     subscription = broadcast.subscribe(channel)
-    marker = await asyncio.wait_for(subscription.__anext__(), TIMEOUT)
-    assert marker.data is None
+    await asyncio.wait_for(subscription.wait_started(), TIMEOUT)
     waiting = asyncio.ensure_future(subscription.__anext__())
     await asyncio.sleep(0)
     await broadcast.close()
@@ -188,9 +236,7 @@ async def test_close_ends_subscriptions(url: str) -> None:
 async def test_get_nowait_takes_only_what_is_ready() -> None:
     async with Broadcast() as broadcast:
         subscription = broadcast.subscribe("c")
-        marker = subscription.get_nowait()
-        assert marker is not None and marker.data is None  # the position marker
-        assert subscription.get_nowait() is None  # nothing else yet, and no waiting
+        assert subscription.get_nowait() is None  # nothing yet, and no waiting
         event_id = await broadcast.publish("c", "now")
         ready = subscription.get_nowait()
         assert ready is not None and (ready.id, ready.data) == (event_id, "now")
@@ -332,9 +378,7 @@ class BroadcastMachine(RuleBasedStateMachine):
                         subscription.end_reason
                     )
                     return
-                if event.data is None:
-                    assert event.id is not None  # a position marker, first of a live stream
-                    continue
+                assert event.data is not None and event.id is not None  # published, or resync
                 if event.event == "resync":
                     assert not record["received"] and not record["resynced"]
                     assert record["may_resync"] or self.late_resync_allowed(record)

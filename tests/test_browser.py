@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,13 @@ from examples.demo import make_app
 from examples.selftest import BIG, RETRY_MS, SelfTest
 from tinystream import Request, start_server
 from tinystream.testing import ClientConnection, serve_for_test
+
+from . import processes
+
+#: Bound on each wait for the browser: Chromium's start takes seconds on a loaded machine.
+BROWSER_TIMEOUT = 60.0  # seconds
+#: pytest-timeout for a browser test: several such waits, and a margin.
+BROWSER_TEST_TIMEOUT = 300  # seconds
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -28,35 +37,35 @@ CHROMIUM_FLAGS = [
 ]
 
 
-async def open_in_chromium(url: str, profile: Path) -> asyncio.subprocess.Process:
+def open_in_chromium(url: str, profile: Path) -> AbstractAsyncContextManager[object]:
+    """Chromium showing ``url`` for the ``async with`` block; then it and all its
+    helper processes (zygote, renderers, GPU and network services) are killed."""
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is installed by .ci/run"
-    return await asyncio.create_subprocess_exec(
+    return processes.running(
         chromium,
         *CHROMIUM_FLAGS,
         f"--user-data-dir={profile}",
         url,
+        stop_signal=signal.SIGKILL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
 
 
+@pytest.mark.timeout(BROWSER_TEST_TIMEOUT)
 @pytest.mark.parametrize("gzip", ["0", "1"])
 async def test_eventsource_self_test_in_chromium(tmp_path: Path, gzip: str) -> None:
     """The same checks with the stream plain and gzip-compressed (each event flushed)."""
     selftest = SelfTest()
     async with serve_for_test(make_app(selftest)) as client:
         url = f"http://127.0.0.1:{client.port}/selftest?gzip={gzip}"
-        browser = await open_in_chromium(url, tmp_path)
-        try:
-            report = await asyncio.wait_for(selftest.wait_report(), 60)
+        async with open_in_chromium(url, tmp_path):
+            report = await asyncio.wait_for(selftest.wait_report(), BROWSER_TIMEOUT)
             # The producer's finally ran within a second of EventSource.close(),
             # which the page did just before sending its report.
             await asyncio.wait_for(selftest.producer_closed.wait(), 5)
             assert selftest.closed_at - selftest.reported_at < 1.0
-        finally:
-            browser.kill()
-            await browser.wait()
 
     log = report["log"]
     assert [(e["type"], e["data"], e["id"]) for e in log] == [
@@ -77,6 +86,7 @@ async def test_eventsource_self_test_in_chromium(tmp_path: Path, gzip: str) -> N
     assert RETRY_MS * 0.8 <= report["reconnectDelay"] < 2900
 
 
+@pytest.mark.timeout(BROWSER_TEST_TIMEOUT)
 async def test_demo_page_resumes_the_chat_after_a_server_restart(tmp_path: Path) -> None:
     """Stop the server under an open page: its streams end cleanly, the browser
     reconnects to the restarted server and resumes with the last id it saw."""
@@ -91,22 +101,22 @@ async def test_demo_page_resumes_the_chat_after_a_server_restart(tmp_path: Path)
     first = await start_server(handler, port=0, graceful_timeout=5)
     port = first.port
     assert port is not None
-    browser = await open_in_chromium(f"http://127.0.0.1:{port}/", tmp_path)
     try:
-        assert await asyncio.wait_for(resumed.get(), 60) is None  # a fresh page
-        await first.wait_stats(lambda s: s.streams == 2, 30)  # clock and chat
-        conn = await ClientConnection.open("127.0.0.1", port)
-        for text in ("one", "two", "three"):
-            assert (await conn.request("POST", "/chat", body=text.encode())).status == 200
-        await conn.close()
-        await first.close()  # both streams end with a "shutdown" event, retry 2 s
-        second = await start_server(handler, port=port)
-        try:
-            # The page saw all three messages: it resumes after the third.
-            assert await asyncio.wait_for(resumed.get(), 30) == "3"
-            await second.wait_stats(lambda s: s.streams == 2, 30)
-        finally:
-            await second.close()
+        async with open_in_chromium(f"http://127.0.0.1:{port}/", tmp_path):
+            # a fresh page
+            assert await asyncio.wait_for(resumed.get(), BROWSER_TIMEOUT) is None
+            await first.wait_stats(lambda s: s.streams == 2, BROWSER_TIMEOUT)  # clock and chat
+            conn = await ClientConnection.open("127.0.0.1", port)
+            for text in ("one", "two", "three"):
+                assert (await conn.request("POST", "/chat", body=text.encode())).status == 200
+            await conn.close()
+            await first.close()  # both streams end with a "shutdown" event, retry 2 s
+            second = await start_server(handler, port=port)
+            try:
+                # The page saw all three messages: it resumes after the third.
+                assert await asyncio.wait_for(resumed.get(), BROWSER_TIMEOUT) == "3"
+                await second.wait_stats(lambda s: s.streams == 2, BROWSER_TIMEOUT)
+            finally:
+                await second.close()
     finally:
-        browser.kill()
-        await browser.wait()
+        await first.close()  # safe to call again

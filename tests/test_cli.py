@@ -18,10 +18,15 @@ import pytest
 
 from tinystream.testing import ClientConnection
 
+from . import processes
 from .helpers import make_certificate
 
 ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT = 10.0
+#: Bound on each wait for the CLI (startup, a response, exiting): a fresh
+#: interpreter importing tinystream takes seconds on a loaded machine.
+TIMEOUT = 30.0  # seconds
+#: Where the tinystream under test is (it need not be installed).
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 URL = re.compile(rb"tinystream listening on (https?)://127\.0\.0\.1:(\d+)")
 
 APP = """
@@ -55,6 +60,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
+        env=ENV,
     )
 
 
@@ -78,26 +84,23 @@ def test_bad_handler_spec_is_one_line_and_exit_2(app_dir: Path, spec: str, messa
 async def serving(
     app_dir: Path, *args: str
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, int]]:
-    process = await asyncio.create_subprocess_exec(
+    # Killed at once if a test leaves it running: its process group, so --workers too.
+    async with processes.running(
         sys.executable,
         "-m",
         "tinystream",
         *args,
+        stop_signal=signal.SIGKILL,
         cwd=app_dir,
         stderr=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert process.stderr is not None
-    try:
+        env=ENV,
+    ) as process:
+        assert process.stderr is not None
         line = await asyncio.wait_for(process.stderr.readline(), TIMEOUT)
         match = URL.search(line)
         assert match, line
         yield process, match.group(1).decode(), int(match.group(2))
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def get(port: int, path: str = "/") -> bytes:
@@ -172,19 +175,19 @@ async def test_workers_share_the_port(app_dir: Path) -> None:
 
 async def test_unix_socket(app_dir: Path, tmp_path: Path) -> None:
     path = str(tmp_path / "ts.sock")
-    process = await asyncio.create_subprocess_exec(
+    async with processes.running(
         sys.executable,
         "-m",
         "tinystream",
         "cliapp:app",
         "--uds",
         path,
+        stop_signal=signal.SIGKILL,
         cwd=app_dir,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert process.stderr is not None
-    try:
+        env=ENV,
+    ) as process:
+        assert process.stderr is not None
         line = await asyncio.wait_for(process.stderr.readline(), TIMEOUT)
         assert f"unix:{path}".encode() in line
         reader, writer = await asyncio.open_unix_connection(path)
@@ -194,10 +197,6 @@ async def test_unix_socket(app_dir: Path, tmp_path: Path) -> None:
         writer.close()
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), TIMEOUT) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def test_tls(app_dir: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import shutil
+import signal
 import zlib
 from collections.abc import AsyncIterator
 
@@ -13,6 +14,8 @@ import pytest
 from tinystream import EventSourceResponse, Request, Response, StreamingResponse
 from tinystream._compress import accepts_gzip
 from tinystream.testing import serve_for_test
+
+from . import processes
 
 TIMEOUT = 5.0
 BIG = "tinystream streams " * 100  # 1900 bytes: worth compressing
@@ -101,7 +104,7 @@ async def test_sse_with_curl_compressed() -> None:
         return EventSourceResponse(events(), compress=True, ping=None)
 
     async with serve_for_test(handler) as client:
-        process = await asyncio.create_subprocess_exec(
+        async with processes.running(
             curl,
             "-sN",
             "--compressed",
@@ -109,9 +112,9 @@ async def test_sse_with_curl_compressed() -> None:
             "-",
             f"http://127.0.0.1:{client.port}/",
             stdout=asyncio.subprocess.PIPE,
-        )
-        assert process.stdout is not None
-        try:
+            stop_signal=signal.SIGKILL,
+        ) as process:
+            assert process.stdout is not None
             queue.put_nowait("one")
             head = await asyncio.wait_for(process.stdout.readuntil(b"\r\n\r\n"), TIMEOUT)
             assert b"content-encoding: gzip" in head.lower()
@@ -119,6 +122,3 @@ async def test_sse_with_curl_compressed() -> None:
             assert await asyncio.wait_for(process.stdout.readline(), TIMEOUT) == b"\n"
             queue.put_nowait("two")  # produced only now
             assert await asyncio.wait_for(process.stdout.readline(), TIMEOUT) == b"data: two\n"
-        finally:
-            process.kill()
-            await process.wait()

@@ -12,8 +12,11 @@ import re
 import sys
 from pathlib import Path
 
+from . import processes
+
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = 80
+TIMEOUT = 30.0  # seconds; each wait is a guard against hangs, a loaded machine included
 SERVER = """
 import resource, tinystream
 from tinystream import Response
@@ -34,7 +37,7 @@ async def request_once(port: int) -> tuple[asyncio.StreamWriter, asyncio.Task[by
 async def test_descriptor_exhaustion_logs_once_and_recovers(tmp_path: Path) -> None:
     script = tmp_path / "server.py"
     script.write_text(SERVER)
-    process = await asyncio.create_subprocess_exec(
+    process = await processes.spawn(
         sys.executable,
         str(script),
         stderr=asyncio.subprocess.PIPE,
@@ -45,7 +48,7 @@ async def test_descriptor_exhaustion_logs_once_and_recovers(tmp_path: Path) -> N
 
     async def read_until(pattern: bytes) -> bytes:
         while True:
-            line = await asyncio.wait_for(process.stderr.readline(), 15)  # type: ignore[union-attr]
+            line = await asyncio.wait_for(process.stderr.readline(), TIMEOUT)  # type: ignore[union-attr]
             assert line, b"".join(log)
             log.append(line)
             if pattern in line:
@@ -62,7 +65,7 @@ async def test_descriptor_exhaustion_logs_once_and_recovers(tmp_path: Path) -> N
         waited_at_first = None
         while pending:
             done, pending = await asyncio.wait(
-                pending, timeout=15, return_when=asyncio.FIRST_COMPLETED
+                pending, timeout=TIMEOUT, return_when=asyncio.FIRST_COMPLETED
             )
             assert done, f"{len(pending)} connections never served"
             if waited_at_first is None:
@@ -74,8 +77,10 @@ async def test_descriptor_exhaustion_logs_once_and_recovers(tmp_path: Path) -> N
         await read_until(b"accepting new connections again")
     finally:
         process.terminate()
-        rest = await asyncio.wait_for(process.stderr.read(), 15)
-        await process.wait()
+        try:
+            rest = await asyncio.wait_for(process.stderr.read(), TIMEOUT)
+        finally:
+            await processes.stop(process)
     output = b"".join(log) + rest
     assert output.count(b"cannot accept new connections") == 1  # no log storm
     assert b"Traceback" not in output

@@ -16,15 +16,22 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from examples.demo import make_app
 from tinystream.testing import ClientConnection, serve_for_test
 
+from . import processes
 from .test_broadcast import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBSCRIBERS = 500
 EVENTS = 100
-TIMEOUT = 120.0
+TIMEOUT = 120.0  # seconds, per phase; the whole test takes 6-15 s here, loaded or not
+#: The CLI's startup (imports, fork) and its graceful stop, on a loaded machine.
+STARTUP = 60.0  # seconds
+#: pytest-timeout for each test: all of its phases, and a margin.
+HEAVY = 600  # seconds
 
 
 class Subscriber:
@@ -105,38 +112,49 @@ def check(published: list[tuple[str, str]], subscribers: list[Subscriber], kills
         assert subscriber.received == published  # in order, no gap, no duplicate
 
 
+@pytest.mark.timeout(HEAVY)
 async def test_memory_backend_one_process() -> None:
     async with serve_for_test(make_app(broadcast_url="memory://"), access_log=False) as client:
         published, subscribers, kills = await fan_out(client.port)
     check(published, subscribers, kills)
 
 
+@pytest.mark.timeout(HEAVY)
 async def test_redis_backend_two_workers() -> None:
     redis = RedisServer()
     redis.start()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tinystream",
-        "examples.demo:app",
-        "--port",
-        "0",
-        "--workers",
-        "2",
-        "--no-access-log",
-        cwd=ROOT,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "DEMO_BROADCAST": redis.url},
-    )
-    assert process.stderr is not None
     try:
-        line = await asyncio.wait_for(process.stderr.readline(), 30)
-        match = re.search(rb"listening on http://127\.0\.0\.1:(\d+) \(2 workers\)", line)
-        assert match, line
-        published, subscribers, kills = await fan_out(int(match.group(1)))
-        check(published, subscribers, kills)
-        assert all(re.fullmatch(r"\d+-\d+", event_id) for event_id, _ in published)  # Redis ids
+        async with processes.running(
+            sys.executable,
+            "-m",
+            "tinystream",
+            "examples.demo:app",
+            "--port",
+            "0",
+            "--workers",
+            "2",
+            "--no-access-log",
+            cwd=ROOT,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "DEMO_BROADCAST": redis.url},
+        ) as process:
+            assert process.stderr is not None
+            line = await asyncio.wait_for(process.stderr.readline(), STARTUP)
+            match = re.search(rb"listening on http://127\.0\.0\.1:(\d+) \(2 workers\)", line)
+            assert match, line
+            # Keep its log flowing: a worker blocked on a full stderr pipe would
+            # stop serving (and stop exiting) until someone read it.
+            log = asyncio.ensure_future(process.stderr.read())
+            try:
+                published, subscribers, kills = await fan_out(int(match.group(1)))
+                check(published, subscribers, kills)
+                assert all(re.fullmatch(r"\d+-\d+", i) for i, _ in published)  # Redis ids
+                # A graceful stop (if it fails, processes.running kills the group:
+                # nothing outlives the test either way).
+                process.send_signal(signal.SIGTERM)
+                code = await asyncio.wait_for(process.wait(), STARTUP)
+                assert code == 0, await log
+            finally:
+                log.cancel()
     finally:
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), 30)
         redis.stop()

@@ -17,6 +17,8 @@ from pathlib import Path
 from tinystream import EventSourceResponse, Request
 from tinystream.testing import ClientConnection, serve_for_test
 
+from . import processes
+
 CONFIG = """
 daemon off;
 worker_processes 1;
@@ -40,6 +42,8 @@ http {{
 """
 
 
+TIMEOUT = 30.0  # seconds; nginx starting on a loaded machine included
+
 # /usr/sbin is not on every PATH.
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -56,23 +60,23 @@ async def nginx_in_front_of(upstream: int, tmp: Path) -> AsyncIterator[int]:
     port = listener.getsockname()[1]
     config = tmp / "nginx.conf"
     config.write_text(CONFIG.format(tmp=tmp, port=port, upstream=upstream))
-    process = await asyncio.create_subprocess_exec(
-        NGINX,
-        "-p",
-        str(tmp),
-        "-c",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-        pass_fds=[listener.fileno()],
-        env={"NGINX": f"{listener.fileno()};"},
-    )
-    listener.close()  # nginx holds it now
     try:
-        yield port
+        # SIGTERM: nginx's fast shutdown; then its whole group (master and worker) is killed.
+        async with processes.running(
+            NGINX,
+            "-p",
+            str(tmp),
+            "-c",
+            str(config),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            pass_fds=[listener.fileno()],
+            env={"NGINX": f"{listener.fileno()};"},
+        ):
+            listener.close()  # nginx holds it now
+            yield port
     finally:
-        process.terminate()
-        await process.wait()
+        listener.close()
 
 
 async def test_each_event_passes_nginx_before_the_next_exists(tmp_path: Path) -> None:
@@ -92,6 +96,7 @@ async def test_each_event_passes_nginx_before_the_next_exists(tmp_path: Path) ->
         events = response.aiter_events()
         for i in range(5):
             queue.put_nowait(f"event {i}")  # the next one is produced only after this arrived
-            event = await asyncio.wait_for(events.__anext__(), 5)
+            # Only a guard against hangs: the order is what proves it unbuffered.
+            event = await asyncio.wait_for(events.__anext__(), TIMEOUT)
             assert event.data == f"event {i}"
         await conn.close()

@@ -16,6 +16,8 @@ import tinystream
 from tinystream import Request, Response
 from tinystream.testing import ClientConnection
 
+from . import processes
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -67,25 +69,22 @@ async def test_run_blocks_until_sigterm(tmp_path: Path) -> None:
         "tinystream.run(app, port=0)\n"
         "print('run returned', flush=True)\n"
     )
-    process = await asyncio.create_subprocess_exec(
+    async with processes.running(
         sys.executable,
         str(script),
+        stop_signal=signal.SIGKILL,
         stderr=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert process.stderr is not None and process.stdout is not None
-    try:
-        line = await asyncio.wait_for(process.stderr.readline(), 10)
+    ) as process:
+        assert process.stderr is not None and process.stdout is not None
+        # 30 s: a fresh interpreter importing tinystream, on a loaded machine.
+        line = await asyncio.wait_for(process.stderr.readline(), 30)
         match = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", line)
         assert match, line
         conn = await ClientConnection.open("127.0.0.1", int(match.group(1)))
         assert (await conn.request("GET", "/")).body == b"embedded"
         await conn.close()
         process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 10) == 0
+        assert await asyncio.wait_for(process.wait(), 30) == 0
         assert b"run returned" in await process.stdout.read()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()

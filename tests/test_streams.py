@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import shutil
+import signal
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -24,6 +25,7 @@ from tinystream import (
 from tinystream.streams import wants_event_stream
 from tinystream.testing import serve_for_test
 
+from . import processes
 from .helpers import wait
 
 TIMEOUT = 5.0
@@ -100,18 +102,19 @@ async def test_ping_only_when_idle() -> None:
     gate = Gate()
 
     async def handler(request: Request) -> EventSourceResponse:
-        return EventSourceResponse(gate.events(), ping=0.2)
+        return EventSourceResponse(gate.events(), ping=0.5)
 
     async with serve_for_test(handler) as client, client.stream("GET", "/") as response:
         chunks = response.aiter_bytes()
         # Idle: a ping comes by itself.
         assert await asyncio.wait_for(chunks.__anext__(), TIMEOUT) == b": ping\n\n"
 
-        # Busy: events every 50 ms for a second, never 0.2 s of silence, no pings.
+        # Busy: events every 25 ms for half a second, never 0.5 s of silence, no
+        # pings. (A 20-fold margin: a loaded machine may stall the loop a while.)
         async def busy() -> None:
             for i in range(20):
                 gate.queue.put_nowait(f"event {i}")
-                await asyncio.sleep(0.05)  # the producer's pace, not a wait for a condition
+                await asyncio.sleep(0.025)  # the producer's pace, not a wait for a condition
             gate.queue.put_nowait(StopAsyncIteration)
 
         feeder = asyncio.ensure_future(busy())
@@ -289,17 +292,17 @@ async def test_curl_sees_the_first_event_before_the_second_exists() -> None:
         return EventSourceResponse(gate.events())
 
     async with serve_for_test(handler) as client:
-        process = await asyncio.create_subprocess_exec(
-            curl, "-sN", f"http://127.0.0.1:{client.port}/", stdout=asyncio.subprocess.PIPE
-        )
-        assert process.stdout is not None
-        try:
+        async with processes.running(
+            curl,
+            "-sN",
+            f"http://127.0.0.1:{client.port}/",
+            stdout=asyncio.subprocess.PIPE,
+            stop_signal=signal.SIGKILL,
+        ) as process:
+            assert process.stdout is not None
             gate.queue.put_nowait("one")
             assert await asyncio.wait_for(process.stdout.readline(), TIMEOUT) == b"data: one\n"
             gate.queue.put_nowait("two")  # produced only now
             assert await asyncio.wait_for(process.stdout.readline(), TIMEOUT) == b"\n"
             assert await asyncio.wait_for(process.stdout.readline(), TIMEOUT) == b"data: two\n"
-        finally:
-            process.kill()
-            await process.wait()
         await wait(gate.closed)

@@ -15,11 +15,14 @@ events after that id, then live ones. The seam between the two is made exact by
 the ids themselves: a subscription never accepts an event whose id is not greater
 than the last one it accepted, so an event that arrives both ways is taken once.
 
-A subscription starts with a *position marker*: an event with an ``id`` and no
-data. Browsers do not dispatch it, but remember it as ``lastEventId``; so a page
-that loses its connection before its first real event still reconnects with
-``Last-Event-ID`` and misses nothing (a plain EventSource would come back "live"
-and lose what was published in between).
+A live subscription knows its *position*: the id of the last event published
+before it. In Python that is ``subscription.position``; iterating yields only
+published events (and ``resync``). On the wire, an :class:`EventSourceResponse`
+sends it before the first event as an id-only event (through the
+``__sse_prelude__`` hook): browsers do not dispatch it, but remember it as
+``lastEventId``, so a page that loses its connection before its first real event
+still reconnects with ``Last-Event-ID`` and misses nothing (a plain EventSource
+would come back "live" and lose what was published in between).
 
 An id the history no longer covers (trimmed by retention), or does not know
 (another server's, or from before a restart), yields one ``resync`` event instead
@@ -70,8 +73,12 @@ class BroadcastUnavailable(ConnectionError):
 class Subscription:
     """One subscriber's events: an async iterator of :class:`ServerSentEvent` with ids.
 
-    The first item of a live subscription is a position marker (an id and no
-    data): EventSource does not dispatch it, but resumes from it.
+    Yields only published events, and the one ``resync`` event an unknown or
+    expired ``last_event_id`` gets. Where the subscription starts is
+    :attr:`position` (known once :meth:`wait_started` returns); an
+    :class:`~tinystream.EventSourceResponse` built on it sends that position
+    before the first event, as an id-only event EventSource does not dispatch
+    but resumes from (see :meth:`__sse_prelude__`).
 
     Ends (``StopAsyncIteration``) when closed, when it falls more than its queue
     size behind, when the broadcast closes, or when the backend goes away.
@@ -93,6 +100,11 @@ class Subscription:
         # A replay may be as long as the retention; it must not count against the
         # live bound, or a far-behind subscriber would overflow on every reconnect.
         self._allowance = 0
+        #: The id of the last event before this subscription's first one: resuming
+        #: with it as ``last_event_id`` loses nothing. None until started (Redis
+        #: finds it asynchronously), or if the backend went away first.
+        self.position: str | None = None
+        self._live = False  # started without last_event_id: the client knows no position
         self.ended = False
         #: Why it ended: "closed", "overflow", "unavailable", or None while open.
         self.end_reason: str | None = None
@@ -116,15 +128,16 @@ class Subscription:
         self._queue.append(event)
         self._wake()
 
-    def start_after(self, key: Key | None) -> None:
-        """Accept only events after ``key`` from now on."""
+    def start_after(self, key: Key, event_id: str) -> None:
+        """Accept only events after ``key`` (the client's ``last_event_id``) from now on."""
         self._last = key
+        self.position = event_id
 
     def mark(self, key: Key, event_id: str) -> None:
-        """Start at ``key``, and tell the client so (an id-only event, not dispatched)."""
+        """Start live at ``key``: the client knows no position, the wire prelude tells it."""
         self._last = key
-        self._queue.append(ServerSentEvent(id=event_id))
-        self._wake()
+        self.position = event_id
+        self._live = True
 
     def hold_live(self) -> None:
         """Keep live events aside until :meth:`release_live` (during an async replay)."""
@@ -145,6 +158,7 @@ class Subscription:
         """
         self._queue.append(ServerSentEvent(data="", event=name, id=event_id))
         self._last = key
+        self.position = event_id
         self._wake()
 
     def release_live(self) -> None:
@@ -177,17 +191,39 @@ class Subscription:
         """Run ``replay`` now, in the background; events wait until it is done."""
         self._start_task = asyncio.ensure_future(replay)
 
-    async def __anext__(self) -> ServerSentEvent:
+    async def wait_started(self) -> None:
+        """Wait until the subscription knows where it starts (:attr:`position` is set).
+
+        At once with ``memory://``; with Redis, once the stream's end (or the
+        replay) has been read. Returns too if the subscription ends first.
+        """
         task = self._start_task
         if task is not None:
             try:
-                # shield: a timeout around __anext__ must not cut the replay short.
+                # shield: a timeout around the caller must not cut the replay short.
                 await asyncio.shield(task)
             except asyncio.CancelledError:
                 if not task.cancelled():
                     raise  # our caller was cancelled, not the replay
                 # The replay was cancelled because the subscription ended.
             self._start_task = None
+
+    async def __sse_prelude__(self) -> ServerSentEvent | None:
+        """What an EventSourceResponse sends before the first event: the position.
+
+        For a live subscription (no ``last_event_id``), an id-only event: browsers
+        store it as ``lastEventId`` without dispatching it, so one that loses its
+        connection before its first real event resumes without loss. None when
+        the client already knows its position (it sent ``last_event_id``; a
+        ``resync`` event carries its own id) or the subscription ended unstarted.
+        """
+        await self.wait_started()
+        if self._live and self.position is not None:
+            return ServerSentEvent(id=self.position)
+        return None
+
+    async def __anext__(self) -> ServerSentEvent:
+        await self.wait_started()
         while True:
             if self._queue:
                 return self._queue.popleft()
@@ -264,7 +300,7 @@ class _MemoryBackend:
         if after < 0 or after > newest or after < oldest - 1:
             subscription.resync(self._b.resync_event, newest, str(newest))  # unknown or expired
             return
-        subscription.start_after(after)
+        subscription.start_after(after, str(after))
         subscription.replay(
             [(number, message) for number, _, message in channel.events if number > after]
         )
@@ -414,7 +450,7 @@ class _RedisBackend:
             entries = await client.xrange(key, min=f"({last}", max="+", count=self._b.retention)
         except self._errors as exc:
             raise self._unavailable(exc) from exc
-        subscription.start_after(wanted)
+        subscription.start_after(wanted, last)
         subscription.replay([(_redis_key(i), self._event(i, f)) for i, f in entries])
 
     def _beyond_history(self, info: dict[str, Any] | None, wanted: tuple[int, int]) -> bool:

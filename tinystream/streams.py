@@ -15,7 +15,15 @@ import functools
 import json
 import math
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from typing import Any
 
 from .responses import HeadersArg, StreamingResponse
@@ -67,10 +75,17 @@ def _map_sync(items: Iterable[Any], convert: Callable[[Any], Any]) -> Iterator[A
 
 
 async def _map_async(
-    items: AsyncIterable[Any], convert: Callable[[Any], Any]
+    items: AsyncIterable[Any],
+    convert: Callable[[Any], Any],
+    prelude: Callable[[], Awaitable[Any]] | None = None,
 ) -> AsyncIterator[Any]:
     iterator = items.__aiter__()
     try:
+        # Inside the try: a client that leaves while the prelude is awaited
+        # still closes the producer.
+        first = None if prelude is None else await prelude()
+        if first is not None:
+            yield convert(first)
         async for item in iterator:
             yield convert(item)
     finally:
@@ -80,11 +95,17 @@ async def _map_async(
 
 
 def _map(
-    items: Iterable[Any] | AsyncIterable[Any], convert: Callable[[Any], Any]
+    items: Iterable[Any] | AsyncIterable[Any],
+    convert: Callable[[Any], Any],
+    prelude: Callable[[], Awaitable[Any]] | None = None,
 ) -> Iterable[Any] | AsyncIterable[Any]:
-    """``convert`` applied to every item, sync staying sync; closing it closes ``items``."""
+    """``convert`` applied to every item, sync staying sync; closing it closes ``items``.
+
+    With ``prelude`` (async producers only), the item it returns, unless None,
+    goes first.
+    """
     if isinstance(items, AsyncIterable):
-        return _map_async(items, convert)
+        return _map_async(items, convert, prelude)
     if isinstance(items, Iterable) and not isinstance(items, (str, bytes, bytearray, Mapping)):
         return _map_sync(items, convert)
     raise TypeError(f"expected a sync or async iterable of items, got {type(items).__name__}")
@@ -125,6 +146,13 @@ class EventSourceResponse(StreamingResponse):
         compress: gzip the stream for clients that accept it, each event flushed
             at once. Off by default: it costs CPU per event, and compressing
             secrets beside attacker-chosen text can leak them (BREACH).
+
+    Resuming: if ``events`` is an async iterable with an ``__sse_prelude__()``
+    coroutine method (as a :class:`tinystream.broadcast.Subscription` has), the
+    event it returns, unless None, is sent before the first item and after the
+    ``retry`` field. That is how wire-only data (a subscription's position, as an
+    id-only event a browser stores as ``lastEventId`` without dispatching it)
+    reaches the client without being an item of the iterator.
 
     The headers go out with the first event, or after the server's
     ``first_item_wait`` if it is slow (a proxy's read timeout never fires
@@ -168,7 +196,7 @@ class EventSourceResponse(StreamingResponse):
             _event_name("shutdown_event", shutdown_event), shutdown_data, shutdown_retry
         )
         super().__init__(
-            _map(events, encode_event),
+            _map(events, encode_event, getattr(events, "__sse_prelude__", None)),
             status,
             headers,
             media_type=SSE_MEDIA_TYPE,
