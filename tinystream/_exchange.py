@@ -436,6 +436,9 @@ class Exchange:
                 return False
             except (ConnectionError, RuntimeError):
                 # RuntimeError: the transport closed under us (the client left).
+                # (asyncio stops reading during sendfile, so a FIN or reset shows
+                # up here, not in eof_received or connection_lost.)
+                self._write_failed()
                 conn._abort()
                 return False
             if sent == 0:
