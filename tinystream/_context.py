@@ -2,30 +2,28 @@
 
 :class:`ServerContext` holds the handler, the options and the counters; the
 status phrases and the once-a-second ``Date`` value are built here once; and
-:func:`response_ended` is the single place where a response is counted and its
-access-log line written.
+:meth:`ServerContext.record_response` is the single place where a response is
+counted and its access-log line written, with its :class:`Outcome`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ._threads import shared_pool
 from .config import Config
 from .request import Request
 from .responses import Response, StreamingResponse
 
-if TYPE_CHECKING:
-    from .server import HTTPConnection
-
-__all__ = ["PHRASES", "Handler", "ServerContext", "date_header", "response_ended"]
+__all__ = ["PHRASES", "Connection", "Handler", "Outcome", "ServerContext", "date_header"]
 
 access_logger = logging.getLogger("tinystream.access")
 
@@ -33,6 +31,29 @@ AnyResponse = Response | StreamingResponse
 Handler = Callable[[Request], Awaitable[AnyResponse] | AnyResponse]
 
 PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+
+
+class Outcome(enum.Enum):
+    """How a response ended: the last word of its access-log line."""
+
+    COMPLETE = "complete"  # sent whole
+    CLIENT_GONE = "client_gone"  # the client left (FIN or reset) before the end
+    ERROR = "error"  # the handler or producer failed, or the request was refused
+    STALLED = "stalled"  # the client stopped reading: cut off
+    SHUTDOWN = "shutdown"  # ended by the server's shutdown
+
+
+class Connection(Protocol):
+    """What the server asks of each open connection when it stops."""
+
+    def begin_shutdown(self) -> None:
+        """Stop reusing the connection; end it now if it is idle."""
+
+    def force_close(self) -> None:
+        """The grace period is over: end whatever is in flight."""
+
+    def write_backlog(self) -> tuple[bool, int]:
+        """Whether writing is paused (backpressure), and how many bytes wait to be sent."""
 
 
 class _DateHeader:
@@ -65,7 +86,7 @@ class ServerContext:
         self.config = config
         self.loop = asyncio.get_running_loop()
         self.pool = shared_pool(config.max_threads)
-        self.connections: set[HTTPConnection] = set()
+        self.connections: set[Connection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.shutting_down = asyncio.Event()
         self.open_streams = 0
@@ -82,11 +103,43 @@ class ServerContext:
             base.append((b"server", config.server_header.encode("latin-1")))
         self.base_headers = base
 
-    def notify_stats(self) -> None:
+    def stats_changed(self) -> None:
+        """A statistic changed: wake ``Server.wait_stats`` callers (none in production)."""
+        if not self.stats_waiters:
+            return
         waiters, self.stats_waiters = self.stats_waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    def record_response(
+        self,
+        client: tuple[str, int] | None,
+        method: str,
+        target: str,
+        version: str,
+        status: int,
+        size: int,
+        duration: float,
+        outcome: Outcome,
+    ) -> None:
+        """Count how a response ended, and write its access-log line."""
+        outcomes = self.outcomes
+        name = outcome.value
+        outcomes[name] = outcomes.get(name, 0) + 1
+        if not self.config.access_log or not access_logger.isEnabledFor(logging.INFO):
+            return
+        access_logger.info(
+            '%s "%s %s HTTP/%s" %d %d %.1fms %s',
+            client[0] if client else "-",
+            method,
+            target,
+            version,
+            status,
+            size,
+            duration * 1000,
+            name,
+        )
 
     def response_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """A response's fields plus ``Date``, ``Server`` and (stopping) ``Connection: close``."""
@@ -101,32 +154,3 @@ def _is_async_callable(handler: object) -> bool:
         return True
     call = getattr(handler, "__call__", None)  # noqa: B004 - a class instance's method
     return inspect.iscoroutinefunction(call)
-
-
-def response_ended(
-    conn: HTTPConnection,
-    method: str,
-    target: str,
-    version: str,
-    status: int,
-    size: int,
-    duration: float,
-    outcome: str,
-) -> None:
-    """Count how the response ended, and write its access-log line."""
-    outcomes = conn.ctx.outcomes
-    outcomes[outcome] = outcomes.get(outcome, 0) + 1
-    if not conn.ctx.config.access_log or not access_logger.isEnabledFor(logging.INFO):
-        return
-    host = conn.client[0] if conn.client else "-"
-    access_logger.info(
-        '%s "%s %s HTTP/%s" %d %d %.1fms %s',
-        host,
-        method,
-        target,
-        version,
-        status,
-        size,
-        duration * 1000,
-        outcome,
-    )

@@ -2,36 +2,34 @@
 
 Theory of operation
 -------------------
-h11 parses; we own the transport. ``data_received`` feeds bytes to h11 and pulls
-events until h11 needs more data. A ``Request`` event starts an :class:`Exchange`
-(:mod:`tinystream._exchange`): a task that calls the handler and writes its
-response. Request body ``Data`` events go to the exchange's
-:class:`~tinystream.request.BodyReader`, which pauses the socket while the handler
-reads slowly. One request is answered at a time;
-bytes of pipelined requests wait in h11's buffer until the exchange ends and
-``start_next_cycle`` makes h11 parse them.
-
-Framing has one owner per response. h11 serialises every response *head* (it
-validates fields and decides keep-alive and framing) and frames fixed and
-known-length bodies. Chunked streaming bodies are framed by :mod:`tinystream.chunked`
-- about 0.13 us a chunk where h11 takes 2.2 us - and h11 is only told the body
-ended (its ``EndOfMessage`` bytes are dropped: we already wrote the last chunk),
-which is all its state machine needs to allow keep-alive.
+h11 parses; we own the transport. ``data_received`` shows head bytes to the head
+guard and chunked body bytes to the chunk guard (our own checks, stricter than
+h11's), feeds them to h11 and pulls events until h11 needs more data. A
+``Request`` event starts an :class:`Exchange` (:mod:`tinystream._exchange`): a
+task that calls the handler and hands its response to this connection's
+:class:`~tinystream._writer.ResponseWriter`, the one place that writes response
+bytes. Request body ``Data`` events go to the exchange, whose
+:class:`~tinystream.request.BodyReader` reports unread bytes so the exchange can
+pause the socket while the handler reads slowly. One request is answered at a
+time; bytes of pipelined requests wait in h11's buffer until the exchange ends
+and ``start_next_cycle`` makes h11 parse them.
 
 Rules the connection and its exchanges keep:
 
 1. Nothing a client sends reaches a handler unless h11 parsed it *and* it passed
    our own checks (:mod:`tinystream._headguard`, :mod:`tinystream._chunkguard`,
-   :meth:`HTTPConnection._refusal`).
-   Every refusal is a 4xx/5xx with ``Connection: close`` followed by a lingering
-   close, so the client reads the error before the socket goes away.
-2. Every exchange ends exactly once, through ``Exchange.run``'s ``finally``, which
-   writes the access-log line and hands the connection back.
-3. When the client goes away (``connection_lost``) the exchange's task is
-   cancelled at once; the producer's ``aclose()``/``close()`` runs in the
-   streaming loop's ``finally``, started or not.
-4. The streaming loop never runs unboundedly without yielding to the event loop:
-   it waits while the transport is paused and otherwise yields every
+   :meth:`HTTPConnection._refusal`). Every refusal is a 4xx/5xx with
+   ``Connection: close`` followed by a lingering close, so the client reads the
+   error before the socket goes away. A refusal that interrupts an exchange
+   (``_refuse``) abandons it: the connection answers and logs, not the exchange.
+2. Every other exchange ends exactly once, in ``Exchange._end``, which writes the
+   access-log line and calls :meth:`HTTPConnection.exchange_finished`.
+3. When the client goes away - ``connection_lost``, or a FIN unless
+   ``half_close`` is set - the exchange's task is cancelled at once; the
+   producer's ``aclose()``/``close()`` runs in the exchange's ``finally``,
+   started or not.
+4. The writer's producer loop never runs unboundedly without yielding to the
+   event loop: it waits while the transport is paused and otherwise yields every
    ``YIELD_EVERY`` writes, so a producer that never awaits can neither starve
    other clients nor outlive its own client.
 """
@@ -39,21 +37,20 @@ Rules the connection and its exchanges keep:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import re
 import socket
-import struct
 from collections.abc import Callable
 
 import h11
 
 from ._chunkguard import ChunkGuard
-from ._context import PHRASES, Handler, ServerContext, date_header, response_ended
+from ._context import Handler, Outcome, ServerContext
 from ._exchange import Exchange
 from ._flow import FlowControl, ReadPause
 from ._headguard import HeadGuard, HeadRejected
+from ._writer import ResponseWriter
 from .chunked import ChunkedDecodingError
 from .errors import HTTPError
 from .request import parse_target
@@ -67,7 +64,6 @@ logger = logging.getLogger("tinystream.error")
 #: Loopback and LAN round trips are far below this; a distant client is caught by
 #: its next write instead.
 RESET_CHECK_DELAY = 0.02  # seconds
-_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 #: After an error response we stop writing and read (and drop) what the client
 #: still sends for this long, so it can read our response before the socket closes
 #: (closing with unread input makes the kernel send RST, which can destroy it).
@@ -121,6 +117,7 @@ class HTTPConnection(asyncio.Protocol):
         "h11",
         "state",
         "transport",
+        "writer",
     )
 
     def __init__(self, ctx: ServerContext) -> None:
@@ -132,6 +129,7 @@ class HTTPConnection(asyncio.Protocol):
         # Per-connection state
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
+        self.writer: ResponseWriter | None = None
         self.state = ConnState.WAITING
         self.client: tuple[str, int] | None = None
         self._deadline: asyncio.TimerHandle | None = None
@@ -156,6 +154,7 @@ class HTTPConnection(asyncio.Protocol):
         config = self._config
         transport.set_write_buffer_limits(high=config.write_high_water, low=config.write_low_water)
         self.flow = FlowControl(transport)
+        self.writer = ResponseWriter(transport, self.h11, self.flow, self.ctx)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.client = (str(peer[0]), int(peer[1]))
@@ -165,8 +164,7 @@ class HTTPConnection(asyncio.Protocol):
         self._over_capacity = len(self.ctx.connections) > config.max_connections
         # A connection that never sends a byte is closed like an idle keep-alive one.
         self._set_deadline(config.keep_alive_timeout, self._on_idle_timeout)
-        if self.ctx.stats_waiters:
-            self.ctx.notify_stats()
+        self.ctx.stats_changed()
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -214,7 +212,9 @@ class HTTPConnection(asyncio.Protocol):
         if self._config.half_close:
             # RFC 9112 §9.6 lets a client half-close and still read: keep answering.
             # A client that really left is noticed when a write draws a reset
-            # (wrote_after_eof); an event stream probes with a ping at once.
+            # (_wrote_after_eof); an event stream probes with a ping at once.
+            assert self.writer is not None
+            self.writer.after_eof = self._wrote_after_eof
             exchange.probe_event_stream()
             return True
         # A FIN is how browsers, curl and httpx leave: stop the handler and its
@@ -237,8 +237,7 @@ class HTTPConnection(asyncio.Protocol):
             self.exchange.client_gone()
         if self.ctx.on_connection_closed is not None:
             self.ctx.on_connection_closed()
-        if self.ctx.stats_waiters:
-            self.ctx.notify_stats()
+        self.ctx.stats_changed()
 
     def pause_writing(self) -> None:
         assert self.flow is not None
@@ -247,15 +246,18 @@ class HTTPConnection(asyncio.Protocol):
             self._stall_timer = self.ctx.loop.call_later(
                 self._config.write_stall_timeout, self._on_write_stall
             )
-        if self.ctx.stats_waiters:
-            self.ctx.notify_stats()
+        self.ctx.stats_changed()
 
     def resume_writing(self) -> None:
         assert self.flow is not None
         self.flow.resume_writing()
         self._cancel_stall_timer()
-        if self.ctx.stats_waiters:
-            self.ctx.notify_stats()
+        self.ctx.stats_changed()
+
+    def write_backlog(self) -> tuple[bool, int]:
+        if self.flow is None or self.transport is None:
+            return False, 0
+        return self.flow.write_paused, self.transport.get_write_buffer_size()
 
     # The h11 loop
 
@@ -279,7 +281,7 @@ class HTTPConnection(asyncio.Protocol):
                     return
             elif kind is h11.EndOfMessage:
                 assert self.exchange is not None
-                self.exchange.body.finish()
+                self.exchange.end_of_body()
                 if conn.their_state is h11.MUST_CLOSE:
                     # HTTP/1.0 or "Connection: close": RFC 9112 §9.6 says process no
                     # further request on this connection. h11 raises "Got data when
@@ -309,7 +311,10 @@ class HTTPConnection(asyncio.Protocol):
             detail = exc.detail if isinstance(exc, HTTPError) else "invalid method"
             self._refuse(400, detail, request=event)
             return
-        self.exchange = Exchange(self, event, method, path, query)
+        assert self.writer is not None and self.flow is not None
+        self.exchange = Exchange(
+            self, self.ctx, self.writer, self.flow, self.client, event, method, path, query
+        )
         self.exchange.start()
 
     def _refusal(self, event: h11.Request) -> tuple[int, str] | None:
@@ -359,9 +364,14 @@ class HTTPConnection(asyncio.Protocol):
     def exchange_finished(self, exchange: Exchange) -> None:
         self.exchange = None
         self.ctx.requests_served += 1
-        if self.ctx.stats_waiters:
-            self.ctx.notify_stats()
+        self.ctx.stats_changed()
         if self.state is not ConnState.ACTIVE:
+            return
+        assert self.writer is not None
+        if self.writer.is_closing():
+            # The exchange cut its response short (writer.truncate): flushing.
+            self.state = ConnState.CLOSING
+            self._set_deadline(self._config.write_stall_timeout, self._abort)
             return
         conn = self.h11
         if (
@@ -395,6 +405,8 @@ class HTTPConnection(asyncio.Protocol):
             # the start of a cycle the old one holds no other state. (No EOF to pass
             # on: a client that sent one is not given another cycle.)
             self.h11 = self._new_parser()
+            assert self.writer is not None
+            self.writer.use_parser(self.h11)
             if head:
                 self.h11.receive_data(head)
         if not head:
@@ -445,7 +457,7 @@ class HTTPConnection(asyncio.Protocol):
             return False
         return True
 
-    def wrote_after_eof(self) -> None:
+    def _wrote_after_eof(self) -> None:
         """A body write went to a client that sent EOF: did it really leave?
 
         A FIN means either "I will send no more" (half-close: keep answering) or
@@ -477,47 +489,25 @@ class HTTPConnection(asyncio.Protocol):
         """Do not reuse this connection after the current response."""
         self._keep_alive = False
 
-    def truncate(self, *, reset: bool = False) -> None:
-        """End a response whose body cannot be finished (its producer failed).
+    def _close(self, *, truncate: bool = False, reset: bool = False) -> None:
+        """Close once buffered output is flushed; reset if the client never reads it.
 
-        Everything written so far is flushed, then a FIN without the last chunk
-        (or before the declared length): the client reads all of it and sees a
-        truncated body. A reset would be quicker but lets the client's kernel
-        discard bytes it received and the client had not read yet. ``reset`` is
-        for a close-delimited (HTTP/1.0) body, where a FIN would look like a
-        complete one and only a reset says it is not.
+        ``truncate``: a response is cut short (the writer decides FIN or reset).
         """
-        if reset:
-            self._abort()
-        else:
-            self._keep_alive = False
-            self._close()
-
-    def _close(self) -> None:
-        """Close once buffered output is flushed; abort if the client never reads it."""
         if self.state is ConnState.CLOSED or self.state is ConnState.CLOSING:
             return
-        assert self.transport is not None
+        assert self.writer is not None
         self.state = ConnState.CLOSING
-        self.transport.close()
+        if truncate:
+            self.writer.truncate(reset=reset)
+        else:
+            self.writer.close()
         self._set_deadline(self._config.write_stall_timeout, self._abort)
 
     def _abort(self) -> None:
-        """Cut the connection off with a reset.
-
-        A plain close with unsent data queued toward a client that does not read
-        leaves the kernel an orphaned socket that keeps probing the zero window,
-        holding its send buffer (megabytes) for minutes. SO_LINGER with a zero
-        timeout makes close() reset the connection and free everything at once.
-        """
-        transport = self.transport
-        if transport is None:
-            return
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-        transport.abort()
+        """Cut the connection off with a reset (the writer frees the socket at once)."""
+        if self.writer is not None:
+            self.writer.reset()
 
     def _refuse(self, status: int, reason: str, request: h11.Request | None = None) -> None:
         """Answer with an error (if no response has started), then close lingeringly.
@@ -526,50 +516,39 @@ class HTTPConnection(asyncio.Protocol):
         refused HEAD gets its status line and fields but no body.
         """
         exchange = self.exchange
+        writer = self.writer
+        assert writer is not None and self.flow is not None
         method = target = version = "-"
         if request is not None:
             method = request.method.decode("ascii", "replace")
             target = request.target.decode("ascii", "replace")
             version = request.http_version.decode("ascii", "replace")
         if exchange is not None:
-            if exchange.started:
+            self.exchange = None
+            exchange.abandon()
+            if writer.head_sent:
                 # Too late for a status line: cut the response short instead.
-                exchange.outcome = "error"
+                exchange.note(Outcome.ERROR)
                 self._abort()
                 return
-            exchange.abandon()
             seen = exchange.request
             method, target, version = seen.method, seen.target, seen.http_version
-        assert self.transport is not None and self.flow is not None
-        body = f"{status} {PHRASES.get(status, b'Error').decode()}: {reason}\n".encode()
-        headers = [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", b"%d" % len(body)),
-            (b"connection", b"close"),
-            (b"date", date_header()),
-            *self.ctx.base_headers,
-        ]
+        writer.begin(head_only=method == "HEAD")
         try:
-            data = self.h11.send(
-                h11.Response(status_code=status, headers=headers, reason=PHRASES.get(status, b""))
-            )
-            assert data is not None
-            if method != "HEAD":
-                data += self.h11.send(h11.Data(data=body)) or b""
-            data += self.h11.send(h11.EndOfMessage()) or b""
+            size = writer.send_error(status, reason, [(b"connection", b"close")])
         except h11.LocalProtocolError:
             # h11 will not send a response in its current state (e.g. we already
             # sent one); the client is owed nothing more.
             self._abort()
             return
-        self.transport.write(data)
-        response_ended(self, method, target, version, status, len(body), 0.0, "error")
+        self.ctx.record_response(
+            self.client, method, target, version, status, size, 0.0, Outcome.ERROR
+        )
         # Lingering close: shut our write side, drop what the client still sends.
         self.state = ConnState.DRAINING
-        if not self.transport.can_write_eof():
-            self.transport.close()
+        if not writer.shut_write():
+            writer.close()
             return
-        self.transport.write_eof()
         self.flow.resume_all_reading()
         self._drained = 0
         self._set_deadline(LINGER_TIMEOUT, self._abort)
@@ -620,7 +599,7 @@ class HTTPConnection(asyncio.Protocol):
         self._stall_timer = None
         logger.info("client %s stopped reading; closing the connection", self.client)
         if self.exchange is not None:
-            self.exchange.outcome = "stalled"
+            self.exchange.note(Outcome.STALLED)
         self._abort()
 
     # Shutdown
@@ -646,11 +625,10 @@ class HTTPConnection(asyncio.Protocol):
         if exchange is None:
             self._abort()
             return
-        if exchange.outcome is None:
-            exchange.outcome = "shutdown"
+        exchange.note(Outcome.SHUTDOWN)
         exchange.stop()
         assert self.flow is not None
-        self.truncate(reset=self.flow.write_paused or exchange.close_delimited())
+        self._close(truncate=True, reset=self.flow.write_paused)
 
 
 def _readable(message: str) -> str:

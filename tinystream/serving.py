@@ -128,10 +128,9 @@ class Server:
         connections = list(self._ctx.connections)
         paused = buffered = 0
         for conn in connections:
-            if conn.flow is not None and conn.flow.write_paused:
-                paused += 1
-            if conn.transport is not None:
-                buffered += conn.transport.get_write_buffer_size()
+            write_paused, backlog = conn.write_backlog()
+            paused += write_paused
+            buffered += backlog
         return ServerStats(
             connections=len(connections),
             streams=self._ctx.open_streams,

@@ -1,0 +1,391 @@
+"""Every byte of a response leaves through here: head, body, framing, end, or cut.
+
+Rules this module keeps (and no other module breaks):
+
+1. :class:`ResponseWriter` is the only code that calls ``transport.write`` or
+   h11's ``send`` for a response, and the only code that closes or resets a
+   connection's transport.
+2. h11 serialises every head (it validates the fields and decides keep-alive) and
+   is kept in step with the body in one way per framing, chosen once as a
+   :class:`Framing`: a ``LENGTH`` body passes through h11, which checks it never
+   exceeds the declared ``Content-Length`` (bytes that sendfile(2) sent are
+   represented by a placeholder with a length); ``CHUNKED`` chunks are framed by
+   :mod:`tinystream.chunked` - about 16 times cheaper than h11 - and h11 writes
+   only the end, the last chunk; a ``CLOSE`` body (HTTP/1.0) has no framing at all.
+3. Nothing calls ``transport.writelines()``: on CPython 3.12.0-3.12.8 and
+   3.13.0-3.13.1 it never calls ``pause_writing`` (gh-127655, CVE-2024-12254), so
+   a client that stops reading would make us buffer without bound. A chunk is
+   framed into one buffer and written with ``write()``, which pauses everywhere.
+4. A body cut short ends with a FIN after everything already written, so the
+   client reads all of it and sees the truncation. A reset is for a client that
+   does not read (its buffers are freed at once), a client already gone, and a
+   close-delimited body, whose only "incomplete" signal a reset is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator, Callable
+from typing import IO, Any
+
+import h11
+
+from ._compress import GzipStream
+from ._context import PHRASES, ServerContext
+from ._flow import FlowControl
+from ._producers import NOTHING, to_bytes
+from .chunked import encode_chunk
+from .responses import NO_BODY_STATUSES
+
+__all__ = ["JOIN_LIMIT", "SENDFILE_SLICE", "Framing", "ResponseWriter", "error_body"]
+
+logger = logging.getLogger("tinystream.error")
+
+#: A fixed body up to this size is joined with its head into one write (one copy,
+#: one syscall); a larger one goes in a second write(), which copies nothing.
+JOIN_LIMIT = 64 * 1024  # bytes
+#: The producer loop yields to the event loop after this many writes that did not
+#: fill the transport, so other connections and ``connection_lost`` get to run.
+YIELD_EVERY = 32  # writes
+#: sendfile(2) is issued in slices of this size, each bounded by the stall timeout:
+#: a client reading at least this much per ``write_stall_timeout`` is never cut off.
+SENDFILE_SLICE = 256 * 1024  # bytes
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+
+
+class Framing(enum.Enum):
+    """How the end of a response body is known (RFC 9112 §6.3)."""
+
+    NONE = "none"  # no body follows the head (HEAD, 204, 304), or it went whole
+    LENGTH = "length"  # Content-Length
+    CHUNKED = "chunked"  # Transfer-Encoding: chunked
+    CLOSE = "close"  # HTTP/1.0 peer: the body ends when the connection closes
+
+
+class SendfileStalled(Exception):
+    """The client read less than one sendfile slice within the stall timeout."""
+
+
+class _Sent:
+    # What h11 sees of bytes sendfile(2) wrote past it: h11 only needs their
+    # number to check the declared Content-Length (its docs suggest exactly this).
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def error_body(status: int, detail: str) -> bytes:
+    """The plain-text body of an error response the server writes itself."""
+    return f"{status} {PHRASES.get(status, b'Error').decode()}: {detail}\n".encode()
+
+
+class ResponseWriter:
+    """Writes one connection's responses, one at a time (see the module rules)."""
+
+    __slots__ = (
+        "_ctx",
+        "_flow",
+        "_h11",
+        "_transport",
+        "after_eof",
+        "bytes_sent",
+        "compressor",
+        "framing",
+        "head_only",
+        "head_sent",
+        "last_write",
+        "status",
+    )
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        h11_conn: h11.Connection,
+        flow: FlowControl,
+        ctx: ServerContext,
+    ) -> None:
+        self._transport = transport
+        self._h11 = h11_conn
+        self._flow = flow
+        self._ctx = ctx
+        #: Called after each body write once the client sent EOF and the server
+        #: honours half-closes: the connection then checks for a reset.
+        self.after_eof: Callable[[], None] | None = None
+        self.begin(head_only=False)
+
+    def begin(self, *, head_only: bool) -> None:
+        """A new response starts; ``head_only`` for a HEAD request (no body is sent)."""
+        self.head_only = head_only
+        self.framing = Framing.NONE
+        self.compressor: GzipStream | None = None
+        self.status = 0
+        self.head_sent = False
+        self.bytes_sent = 0  # body bytes, before compression
+        self.last_write = 0.0  # loop time of the last body write (for pings)
+
+    def use_parser(self, h11_conn: h11.Connection) -> None:
+        """The connection replaced its h11 connection between two requests."""
+        self._h11 = h11_conn
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def room(self) -> int:
+        """Bytes the transport takes before it pauses us (a sync producer's batch)."""
+        return self._ctx.config.write_high_water - self._transport.get_write_buffer_size()
+
+    # Heads
+
+    def send_continue(self) -> None:
+        """``100 Continue``, if the client waits for it and no response has started.
+
+        RFC 9110 §10.1.1: a client that sent ``Expect: 100-continue`` may wait for
+        this before sending the body.
+        """
+        if self._h11.they_are_waiting_for_100_continue and not self.head_sent:
+            data = self._h11.send(h11.InformationalResponse(status_code=100, headers=[]))
+            if data:
+                self._transport.write(data)
+
+    def _head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+        self.status = status
+        self.head_sent = True
+        data = self._h11.send(
+            h11.Response(
+                status_code=status,
+                headers=self._ctx.response_headers(headers),
+                reason=PHRASES.get(status, b""),
+            )
+        )
+        assert data is not None
+        return data
+
+    def send_whole(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """A complete response with a fixed body (``Content-Length`` added here).
+
+        Raises:
+            h11.LocalProtocolError: h11 cannot send a response now (one was sent).
+        """
+        if status not in NO_BODY_STATUSES:
+            headers = [*headers, (b"content-length", b"%d" % len(body))]
+        head = self._head(status, headers)
+        if body and not self.head_only:
+            self._h11.send_with_data_passthrough(h11.Data(data=body))  # h11 counts
+            if len(body) <= JOIN_LIMIT:
+                self._transport.write(head + body)
+            else:
+                self._transport.write(head)
+                self._transport.write(body)
+            self.bytes_sent = len(body)
+        else:
+            self._transport.write(head)
+        self._h11.send(h11.EndOfMessage())
+
+    def send_error(
+        self, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> int:
+        """A plain-text error response; returns its body size.
+
+        Raises:
+            h11.LocalProtocolError: h11 cannot send a response now.
+        """
+        body = error_body(status, detail)
+        fields = [(b"content-type", b"text/plain; charset=utf-8"), *(headers or ())]
+        self.send_whole(status, fields, body)
+        return len(body)
+
+    def start_body(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        content_length: int | None,
+        compressor: GzipStream | None = None,
+    ) -> None:
+        """Write the head of a streamed response and choose its framing, once."""
+        if content_length is not None:
+            headers = [*headers, (b"content-length", b"%d" % content_length)]
+            framing = Framing.LENGTH
+        elif self._h11.their_http_version == b"1.1":
+            framing = Framing.CHUNKED  # h11 adds Transfer-Encoding: chunked
+        else:
+            framing = Framing.CLOSE  # h11 adds Connection: close
+        self._transport.write(self._head(status, headers))
+        if self.head_only or status in NO_BODY_STATUSES:
+            self._h11.send(h11.EndOfMessage())
+            return
+        self.framing = framing
+        self.compressor = compressor
+
+    # Body
+
+    def write(self, data: bytes) -> None:
+        """Write body bytes: compress, frame, keep h11 in step, note the time.
+
+        Raises:
+            h11.LocalProtocolError: more bytes than the declared Content-Length.
+        """
+        self.bytes_sent += len(data)
+        if self.compressor is not None:
+            data = self.compressor.compress(data)
+        if not data:
+            return  # an empty chunk would end a chunked body
+        framing = self.framing
+        if framing is Framing.CHUNKED:
+            self._transport.write(encode_chunk(data))
+        else:
+            if framing is Framing.LENGTH:
+                self._h11.send_with_data_passthrough(h11.Data(data=data))
+            self._transport.write(data)
+        self.last_write = self._ctx.loop.time()
+        if self.after_eof is not None:
+            self.after_eof()
+
+    async def pump(
+        self, source: AsyncIterator[Any], first: Any = NOTHING, pending: Any = None
+    ) -> bool:
+        """Write ``first`` (unless ``NOTHING``), then every item of ``source``.
+
+        The next item is pulled only while the transport is not paused, so a slow
+        client never makes us hold more than the high-water mark plus one chunk.
+        ``pending`` is a pull of the first item still under way (an awaitable):
+        awaited here. Returns False if the client went away first.
+        """
+        if pending is not None:
+            try:
+                first = await pending  # cancelling us cancels this pull too
+            except StopAsyncIteration:
+                return True
+        transport = self._transport
+        flow = self._flow
+        write = self.write
+        next_item = source.__anext__
+        writes = 0
+        while True:
+            if first is NOTHING:
+                try:
+                    item = await next_item()
+                except StopAsyncIteration:
+                    return True
+            else:
+                item, first = first, NOTHING
+            chunk = item if type(item) is bytes else to_bytes(item)
+            if not chunk:
+                continue  # an empty chunk would end a chunked body
+            if transport.is_closing():
+                return False
+            write(chunk)
+            if flow.write_paused:
+                writes = 0
+                await flow.wait_writable()
+                if transport.is_closing():
+                    return False
+            else:
+                writes += 1
+                if writes >= YIELD_EVERY:
+                    writes = 0
+                    await asyncio.sleep(0)
+
+    async def sendfile(self, file: IO[bytes], offset: int, count: int) -> bool:
+        """Send ``count`` bytes of ``file`` from ``offset`` with sendfile(2).
+
+        Returns False if the client went away.
+
+        Raises:
+            SendfileStalled: the client stopped reading (nothing is written then).
+            RuntimeError: the file shrank while it was being sent.
+        """
+        loop = self._ctx.loop
+        stall = self._ctx.config.write_stall_timeout
+        while count:
+            size = min(count, SENDFILE_SLICE)
+            try:
+                # A slice at a time, each within the stall timeout: sendfile waits
+                # for the socket directly, so the transport's pause/stall machinery
+                # never sees a client that stopped reading.
+                sent = await asyncio.wait_for(
+                    loop.sendfile(self._transport, file, offset, size, fallback=False), stall
+                )
+            except asyncio.TimeoutError:
+                raise SendfileStalled from None
+            except (ConnectionError, RuntimeError):
+                # RuntimeError: the transport closed under us. asyncio stops reading
+                # during sendfile, so a client that left shows up here.
+                return False
+            if sent == 0:
+                raise RuntimeError("the file shrank while it was being sent")
+            self._h11.send_with_data_passthrough(h11.Data(data=_Sent(sent)))  # type: ignore[arg-type]
+            offset += sent
+            count -= sent
+            self.bytes_sent += sent
+        return True
+
+    def can_sendfile(self) -> bool:
+        # sendfile(2) copies from the page cache straight to the socket; it cannot
+        # encrypt, so TLS connections take the read-and-write path.
+        return (
+            self.framing is Framing.LENGTH
+            and self._transport.get_extra_info("sslcontext") is None
+            and hasattr(os, "sendfile")
+        )
+
+    def is_open(self) -> bool:
+        """A body is being written and more of it may still go out."""
+        return self._h11.our_state is h11.SEND_BODY and not self._transport.is_closing()
+
+    def end(self) -> None:
+        """End the body: the compressor's tail, then h11's end (the last chunk)."""
+        if self.compressor is not None:
+            tail, self.compressor = self.compressor.finish(), None
+            self.write(tail)
+        data = self._h11.send(h11.EndOfMessage())
+        if data:
+            self._transport.write(data)
+
+    # Ending the connection
+
+    def truncate(self, *, reset: bool = False) -> None:
+        """End a body that cannot be finished: everything written, then a FIN.
+
+        No last chunk (and fewer bytes than a declared length) tell the client
+        the body is incomplete. A close-delimited body has no such sign: a reset
+        is the only one. ``reset`` forces one (a client that does not read).
+        """
+        if reset or self.framing is Framing.CLOSE:
+            self.reset()
+        else:
+            self.close()
+
+    def close(self) -> None:
+        """Close once what was written is flushed (a FIN)."""
+        self._transport.close()
+
+    def shut_write(self) -> bool:
+        """Send a FIN but keep reading (a lingering close); False if impossible."""
+        if not self._transport.can_write_eof():
+            return False
+        self._transport.write_eof()
+        return True
+
+    def reset(self) -> None:
+        """Cut the connection off with a reset.
+
+        A plain close with unsent data queued toward a client that does not read
+        leaves the kernel an orphaned socket that keeps probing the zero window,
+        holding its send buffer (megabytes) for minutes. SO_LINGER with a zero
+        timeout makes close() reset the connection and free everything at once.
+        """
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        self._transport.abort()
