@@ -13,7 +13,19 @@ from __future__ import annotations
 import gzip
 import zlib
 
-__all__ = ["COMPRESS_MIN", "GzipStream", "accepts_gzip", "gzip_body"]
+__all__ = [
+    "COMPRESS_MIN",
+    "GzipStream",
+    "accepts_gzip",
+    "compress_stream",
+    "compress_whole",
+    "gzip_body",
+]
+
+Fields = list[tuple[bytes, bytes]]
+
+_VARY = (b"vary", b"Accept-Encoding")
+_GZIP = (b"content-encoding", b"gzip")
 
 #: Fixed bodies smaller than this are sent as they are: gzip's 18-byte frame and
 #: the CPU would cost more than they save (nginx's gzip_min_length is 20, many
@@ -69,3 +81,27 @@ class GzipStream:
 
     def finish(self) -> bytes:
         return self._compressor.flush(zlib.Z_FINISH)
+
+
+def compress_whole(
+    headers: Fields, body: bytes, accept_encoding: list[str]
+) -> tuple[Fields, bytes]:
+    """A fixed response's fields and body, gzipped if worth it and accepted.
+
+    ``Vary: Accept-Encoding`` is always added: a cache must not serve one
+    client's encoding to another (RFC 9110 §12.5.5).
+    """
+    headers = [*headers, _VARY]
+    if len(body) >= COMPRESS_MIN and accepts_gzip(accept_encoding):
+        return [*headers, _GZIP], gzip_body(body)
+    return headers, body
+
+
+def compress_stream(
+    headers: Fields, accept_encoding: list[str]
+) -> tuple[Fields, GzipStream | None]:
+    """A stream's fields, and the compressor for its chunks if the client accepts gzip."""
+    headers = [*headers, _VARY]
+    if not accepts_gzip(accept_encoding):
+        return headers, None
+    return [*headers, _GZIP], GzipStream()

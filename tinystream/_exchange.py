@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import h11
 
-from ._compress import COMPRESS_MIN, GzipStream, accepts_gzip, gzip_body
+from ._compress import GzipStream, compress_stream, compress_whole
 from ._context import Outcome, ServerContext
 from ._eventstream import LiveEventStream
 from ._flow import FlowControl, ReadPause
@@ -36,9 +36,6 @@ from .streams import EventSourceResponse
 __all__ = ["ConnectionPort", "Exchange"]
 
 logger = logging.getLogger("tinystream.error")
-
-_VARY = (b"vary", b"Accept-Encoding")
-_GZIP = (b"content-encoding", b"gzip")
 
 
 class ConnectionPort(Protocol):
@@ -92,13 +89,12 @@ class Exchange:
         self.body = BodyReader(self)
         self.body_received = 0
         self.disconnected = Disconnect()
-        self.request = request = Request.__new__(Request)  # target already parsed: no __init__
-        request._setup(
+        self.request = Request.parsed(
             method,
             event.target.decode("ascii"),
             path,
             query,
-            Headers._from_lowercase(list(event.headers)),
+            Headers.from_lowercase(list(event.headers)),
             event.http_version.decode("ascii"),
             client,
             self.body,
@@ -254,13 +250,9 @@ class Exchange:
     def _send_whole(self, response: Response) -> None:
         if self.writer.is_closing():
             return
-        body = response.body
-        headers = response.headers
+        headers, body = response.headers, response.body
         if response.compress:
-            headers = [*headers, _VARY]
-            if len(body) >= COMPRESS_MIN and self._wants_gzip():
-                body = gzip_body(body)
-                headers.append(_GZIP)
+            headers, body = compress_whole(headers, body, self._accept_encoding())
         self.writer.send_whole(response.status, headers, body)
 
     async def _send_stream(self, response: StreamingResponse) -> None:
@@ -332,14 +324,9 @@ class Exchange:
     def _stream_headers(
         self, response: StreamingResponse
     ) -> tuple[list[tuple[bytes, bytes]], GzipStream | None]:
-        headers = response.headers
         if response.content_length is not None or not response.compress:
-            return headers, None
-        headers = [*headers, _VARY]
-        if not self._wants_gzip():
-            return headers, None
-        headers.append(_GZIP)
-        return headers, GzipStream()
+            return response.headers, None
+        return compress_stream(response.headers, self._accept_encoding())
 
     async def _sendfile(self, response: FileResponse) -> bool:
         assert response.file is not None
@@ -350,8 +337,8 @@ class Exchange:
             self.note(Outcome.STALLED)
             return False
 
-    def _wants_gzip(self) -> bool:
-        return accepts_gzip(self.request.headers.get_all("accept-encoding"))
+    def _accept_encoding(self) -> list[str]:
+        return self.request.headers.get_all("accept-encoding")
 
     def _client_left(self) -> None:
         # A write found the client gone (or cut off) before connection_lost told us.

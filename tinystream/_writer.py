@@ -237,6 +237,10 @@ class ResponseWriter:
         self.bytes_sent += len(data)
         if self.compressor is not None:
             data = self.compressor.compress(data)
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        # Frame, keep h11 in step, write: the path of every body byte.
         if not data:
             return  # an empty chunk would end a chunked body
         framing = self.framing
@@ -346,7 +350,7 @@ class ResponseWriter:
         """End the body: the compressor's tail, then h11's end (the last chunk)."""
         if self.compressor is not None:
             tail, self.compressor = self.compressor.finish(), None
-            self.write(tail)
+            self._send(tail)
         data = self._h11.send(h11.EndOfMessage())
         if data:
             self._transport.write(data)

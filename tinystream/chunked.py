@@ -8,11 +8,12 @@ Encoding. A chunk is ``<size in hex>\\r\\n<payload>\\r\\n``; the body ends with 
 zero-length chunk *is* the last chunk, an empty payload must never be framed as a
 chunk: :func:`encode_chunk` refuses it and the server skips empty items.
 
-Two framings are offered because the cheapest way to hand a chunk to a transport
-depends on its size. For a small payload one ``%``-formatted bytes object (one copy
-of a few bytes, one ``transport.write``) is fastest; for a large one,
-:func:`chunk_pieces` returns the size line, the payload itself and the CRLF so
-``transport.writelines`` can send the payload without copying it (Python 3.12+).
+:func:`encode_chunk` frames a payload into one bytes object, which the server
+hands to one ``transport.write``. :func:`chunk_pieces` returns the size line, the
+payload itself and the CRLF instead, for a writer that can send them without
+copying the payload; the server does not use it, because the transport method
+that would (``writelines``) never pauses the protocol on CPython 3.12.0-3.12.8
+and 3.13.0-3.13.1 (gh-127655), and a copy costs microseconds.
 
 Decoding. :class:`ChunkedDecoder` takes the body in pieces of any size - a size
 line, a CRLF or a payload may be split anywhere - and hands back payload bytes as
@@ -26,7 +27,6 @@ from collections.abc import Iterable
 
 __all__ = [
     "LAST_CHUNK",
-    "SMALL_CHUNK",
     "ChunkedDecoder",
     "ChunkedDecodingError",
     "chunk_pieces",
@@ -36,11 +36,6 @@ __all__ = [
 
 #: The terminal chunk with no trailers: the end of every chunked body we send.
 LAST_CHUNK = b"0\r\n\r\n"
-
-#: Payloads up to this size are framed into one bytes object; larger ones are sent
-#: as three pieces so the payload is not copied. 4 KiB: measured on 3.11, joining
-#: costs less than a second transport call below about this size.
-SMALL_CHUNK = 4096  # bytes
 
 _CRLF = b"\r\n"
 

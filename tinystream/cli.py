@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import Config
-from .serving import _run_until_signal
+from .serving import run_until_signal
 
 __all__ = ["load_handler", "main"]
 
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.uds:
         options["uds"] = args.uds
     if args.workers == 1:
-        asyncio.run(_run_until_signal(handler, args.host, args.port, options))
+        asyncio.run(run_until_signal(handler, args.host, args.port, options))
         return 0
     return _supervise(handler, args.host, args.port, args.workers, options)
 
@@ -161,7 +161,7 @@ def _supervise(handler: Any, host: str, port: int, workers: int, options: dict[s
             code = 0
             try:
                 asyncio.run(
-                    _run_until_signal(
+                    run_until_signal(
                         handler,
                         host,
                         port,

@@ -32,8 +32,11 @@ class Headers(Mapping[str, str]):
         self._raw = [(name.lower(), value) for name, value in raw]
 
     @classmethod
-    def _from_lowercase(cls, raw: list[tuple[bytes, bytes]]) -> Headers:
-        # The parser's names are already lower-case: skip the copy on the hot path.
+    def from_lowercase(cls, raw: list[tuple[bytes, bytes]]) -> Headers:
+        """Headers from fields whose names are lower-case already (as h11 gives them).
+
+        Takes ``raw`` as it is, without a copy: the server's hot path.
+        """
         headers = cls.__new__(cls)
         headers._raw = raw
         return headers

@@ -11,11 +11,13 @@ __all__ = ["ClientDisconnected", "HTTPError"]
 class HTTPError(Exception):
     """Raise from a handler to answer with ``status`` instead of a response.
 
-    Raised before any byte of the response is sent (the handler has not returned
-    yet, or a stream's producer raises it before its first item), it becomes a
-    plain-text response with that status and ``detail`` as its body: the way to
-    refuse a stream before it starts. ``headers`` are added to that response
-    (``Allow`` for 405, ``Retry-After`` for 503 ...).
+    Raised before any byte of the response is sent - by the handler, or by a
+    stream's producer before its first item (the head waits up to the server's
+    ``first_item_wait`` for it) - it becomes a plain-text response with that
+    status and ``detail`` as its body: the way to refuse a stream before it
+    starts. ``headers`` are added to that response (``Allow`` for 405,
+    ``Retry-After`` for 503 ...). Raised by a producer after the head went out,
+    it can only cut the body short, like any other exception.
 
     Raises:
         ValueError: ``status`` is not a 4xx or 5xx code.

@@ -3,8 +3,8 @@
 Everything here that touches the disk is blocking by nature and runs in a worker
 thread: :meth:`FileResponse.prepare` (stat, open, decide 200/206/304/412/416) and
 :meth:`StaticFiles.resolve`. The body then goes out with ``sendfile(2)`` when the
-transport is a plain socket, or in 64 KiB reads otherwise (TLS); the connection
-chooses (:mod:`tinystream.server`).
+transport is a plain socket, or in 64 KiB reads otherwise (TLS); the response
+writer chooses (:mod:`tinystream._writer`).
 """
 
 from __future__ import annotations

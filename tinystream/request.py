@@ -224,9 +224,40 @@ class Request:
             shutting_down if shutting_down is not None else asyncio.Event(),
         )
 
+    @classmethod
+    def parsed(
+        cls,
+        method: str,
+        target: str,
+        path: str,
+        query: str,
+        headers: Headers,
+        http_version: str,
+        client: tuple[str, int] | None,
+        body: BodyReader,
+        disconnected: Disconnect,
+        shutting_down: asyncio.Event,
+    ) -> Request:
+        """A request whose target the server already checked and split.
+
+        For the server's exchange: ``__init__`` would parse the target again.
+        """
+        request = cls.__new__(cls)
+        request._setup(
+            method,
+            target,
+            path,
+            query,
+            headers,
+            http_version,
+            client,
+            body,
+            disconnected,
+            shutting_down,
+        )
+        return request
+
     def _setup(
-        # Also called by the connection on a bare ``Request.__new__``: it has
-        # validated and split the target already, so __init__'s parsing is skipped.
         self,
         method: str,
         target: str,

@@ -354,10 +354,10 @@ def run(handler: Handler, host: str = "127.0.0.1", port: int = 8000, **kwargs: A
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    asyncio.run(_run_until_signal(handler, host, port, kwargs))
+    asyncio.run(run_until_signal(handler, host, port, kwargs))
 
 
-async def _run_until_signal(
+async def run_until_signal(
     handler: Handler,
     host: str,
     port: int,

@@ -5,8 +5,9 @@ that keeps the server's guarantees: a sync producer still runs in a worker threa
 (the wrapper is a sync generator too), and closing the wrapper closes the producer.
 
 What an :class:`EventSourceResponse` adds on the server side - pings while idle,
-a last event at shutdown, probing a client that sent EOF - lives in the connection
-(:mod:`tinystream.server`), which owns the transport and the timers.
+a last event at shutdown or after a failure, probing a client that sent EOF -
+lives in :mod:`tinystream._eventstream`, which writes through the connection's
+response writer like every other byte.
 """
 
 from __future__ import annotations

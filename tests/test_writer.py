@@ -1,0 +1,243 @@
+"""The response writer: every framing, every kind of write, read back by an h11 client
+with the bytes split anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import zlib
+from typing import Any
+
+import h11
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tinystream._compress import GzipStream
+from tinystream._context import ServerContext
+from tinystream._flow import FlowControl
+from tinystream._writer import Framing, ResponseWriter
+from tinystream.config import Config
+from tinystream.responses import Response
+from tinystream.sse import PING
+
+
+class Recorder(asyncio.Transport):
+    """A transport that keeps what is written and how the connection ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.ended: str | None = None  # "fin" or "reset"
+        self.writelines_called = False
+
+    def write(self, data: Any) -> None:
+        assert self.ended is None, "write after the end"
+        self.written += data
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.writelines_called = True
+
+    def is_closing(self) -> bool:
+        return self.ended is not None
+
+    def close(self) -> None:
+        self.ended = "fin"
+
+    def abort(self) -> None:
+        self.ended = "reset"
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.ended = "fin"
+
+
+@functools.cache
+def context() -> ServerContext:
+    # The writer only reads the clock and the options of its context; the loop it
+    # was made on need not run (its time() works closed too).
+    async def make() -> ServerContext:
+        return ServerContext(lambda request: Response(), Config(server_header=""))
+
+    return asyncio.run(make())
+
+
+def make_writer(request: bytes) -> tuple[ResponseWriter, Recorder, h11.Connection]:
+    """A writer whose h11 connection has just received ``request``."""
+    ctx = context()
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(request)
+    assert isinstance(server.next_event(), h11.Request)
+    transport = Recorder()
+    writer = ResponseWriter(transport, server, FlowControl(transport), ctx)
+    writer.begin(head_only=request.startswith(b"HEAD"))
+    return writer, transport, server
+
+
+def read_back(data: bytes, cuts: list[int], method: bytes) -> dict[str, Any]:
+    """Parse ``data`` as a client would, fed in pieces cut at ``cuts``.
+
+    (h11's client speaks HTTP/1.1 only; it reads a close-delimited body to EOF.)
+    """
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method=method, target="/", headers=[(b"host", b"x")]))
+    client.send(h11.EndOfMessage())
+    result: dict[str, Any] = {"status": None, "body": b"", "complete": False, "headers": {}}
+    bounds = [0, *sorted({c % (len(data) + 1) for c in cuts}), len(data)]
+    pieces = [data[a:b] for a, b in itertools.pairwise(bounds) if b > a] + [b""]  # b"": EOF
+    for piece in pieces:
+        client.receive_data(piece)
+        while True:
+            try:
+                event = client.next_event()
+            except h11.RemoteProtocolError:
+                return result  # a body cut short, seen at EOF
+            if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
+                break
+            if isinstance(event, h11.Response):
+                result["status"] = event.status_code
+                result["headers"] = dict(event.headers)
+            elif isinstance(event, h11.Data):
+                result["body"] += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                result["complete"] = True
+    return result
+
+
+GET_11 = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+GET_10 = b"GET / HTTP/1.0\r\n\r\n"
+HEAD_11 = b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+chunks = st.lists(st.binary(min_size=0, max_size=300), max_size=8)
+cuts = st.lists(st.integers(0, 5000), max_size=10)
+
+
+@given(items=chunks, cuts=cuts, ping=st.booleans())
+def test_chunked_body_reads_back_whole_however_split(
+    items: list[bytes], cuts: list[int], ping: bool
+) -> None:
+    writer, transport, _ = make_writer(GET_11)
+    writer.start_body(200, [], None)
+    assert writer.framing is Framing.CHUNKED
+    for item in items:
+        writer.write(item)  # an empty item writes nothing (it would end the body)
+        if ping:
+            writer.write(PING)
+    writer.end()
+    sent = b"".join(item + (PING if ping else b"") for item in items)
+    result = read_back(bytes(transport.written), cuts, b"GET")
+    assert result == {**result, "status": 200, "body": sent, "complete": True}
+    assert writer.bytes_sent == len(sent)
+    assert transport.ended is None and not transport.writelines_called
+
+
+@given(items=chunks, cuts=cuts)
+def test_length_body_reads_back_whole_however_split(items: list[bytes], cuts: list[int]) -> None:
+    body = b"".join(items)
+    writer, transport, server = make_writer(GET_11)
+    writer.start_body(200, [], len(body))
+    assert writer.framing is Framing.LENGTH
+    for item in items:
+        writer.write(item)
+    writer.end()
+    assert server.our_state is h11.DONE
+    result = read_back(bytes(transport.written), cuts, b"GET")
+    assert result["body"] == body and result["complete"]
+
+
+def test_length_body_cannot_be_overrun() -> None:
+    """h11 sees every byte of a length-framed body, pings and preludes included."""
+    writer, _transport, _ = make_writer(GET_11)
+    writer.start_body(200, [], 5)
+    writer.write(b"12345")
+    with pytest.raises(h11.LocalProtocolError):
+        writer.write(PING)
+
+
+@given(items=chunks, cuts=cuts)
+def test_close_delimited_body_for_http_10(items: list[bytes], cuts: list[int]) -> None:
+    writer, transport, server = make_writer(GET_10)
+    writer.start_body(200, [], None)
+    assert writer.framing is Framing.CLOSE
+    for item in items:
+        writer.write(item)
+    writer.end()
+    assert server.our_state is h11.MUST_CLOSE
+    writer.close()
+    result = read_back(bytes(transport.written), cuts, b"GET")
+    assert result["body"] == b"".join(items) and result["complete"]
+
+
+@pytest.mark.parametrize("request_bytes", [HEAD_11, GET_11])
+def test_no_body_for_head_or_204(request_bytes: bytes) -> None:
+    writer, transport, server = make_writer(request_bytes)
+    status = 200 if request_bytes is HEAD_11 else 204
+    writer.start_body(status, [], None)
+    assert writer.framing is Framing.NONE and not writer.is_open()
+    assert server.our_state is h11.DONE
+    result = read_back(bytes(transport.written), [], request_bytes.split()[0])
+    assert result["status"] == status and result["body"] == b"" and result["complete"]
+
+
+@given(items=st.lists(st.binary(min_size=1, max_size=100), min_size=1, max_size=5), cuts=cuts)
+def test_truncation_delivers_what_was_sent_then_a_fin(items: list[bytes], cuts: list[int]) -> None:
+    for content_length in (None, 10_000):
+        writer, transport, _ = make_writer(GET_11)
+        writer.start_body(200, [], content_length)
+        for item in items:
+            writer.write(item)
+        writer.truncate()
+        assert transport.ended == "fin"  # everything written is delivered
+        result = read_back(bytes(transport.written), cuts, b"GET")
+        assert result["body"] == b"".join(items) and not result["complete"]
+
+
+def test_truncating_a_close_delimited_body_resets() -> None:
+    """Without framing a FIN would look like the end: only a reset says otherwise."""
+    writer, transport, _ = make_writer(GET_10)
+    writer.start_body(200, [], None)
+    writer.write(b"partial")
+    writer.truncate()
+    assert transport.ended == "reset"
+
+
+@given(body=st.binary(max_size=70_000), cuts=cuts, head=st.booleans())
+def test_whole_responses_read_back(body: bytes, cuts: list[int], head: bool) -> None:
+    writer, transport, server = make_writer(HEAD_11 if head else GET_11)
+    writer.send_whole(200, [(b"content-type", b"application/octet-stream")], body)
+    assert server.our_state is h11.DONE
+    result = read_back(bytes(transport.written), cuts, b"HEAD" if head else b"GET")
+    assert result["complete"]
+    assert result["headers"][b"content-length"] == b"%d" % len(body)
+    assert result["body"] == (b"" if head else body)
+
+
+def test_compressed_stream_ends_with_the_gzip_trailer() -> None:
+    writer, transport, _ = make_writer(GET_11)
+    writer.start_body(200, [(b"content-encoding", b"gzip")], None, GzipStream())
+    for item in (b"one\n", b"two\n"):
+        writer.write(item)
+    writer.end()
+    result = read_back(bytes(transport.written), [], b"GET")
+    assert result["complete"]
+    assert zlib.decompress(result["body"], 31) == b"one\ntwo\n"
+    assert writer.bytes_sent == len(b"one\ntwo\n")  # payload bytes, before compression
+
+
+def test_continue_is_sent_once_and_only_before_the_head() -> None:
+    request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+    writer, transport, _ = make_writer(request)
+    writer.send_continue()
+    assert bytes(transport.written).startswith(b"HTTP/1.1 100 ")
+    written = len(transport.written)
+    writer.send_continue()
+    assert len(transport.written) == written
