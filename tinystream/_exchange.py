@@ -89,17 +89,16 @@ class Exchange:
         self.body = BodyReader(self)
         self.body_received = 0
         self.disconnected = Disconnect()
-        self.request = Request.parsed(
+        self.request = Request(
             method,
             event.target.decode("ascii"),
-            path,
-            query,
-            Headers.from_lowercase(list(event.headers)),
-            event.http_version.decode("ascii"),
-            client,
-            self.body,
-            self.disconnected,
-            ctx.shutting_down,
+            headers=Headers.from_lowercase(list(event.headers)),
+            http_version=event.http_version.decode("ascii"),
+            client=client,
+            body=self.body,
+            disconnected=self.disconnected,
+            shutting_down=ctx.shutting_down,
+            split_target=(path, query),
         )
         self.outcome: Outcome | None = None
         self.task: asyncio.Task[None] | None = None

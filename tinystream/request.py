@@ -209,81 +209,33 @@ class Request:
         body: BodyReader | None = None,
         disconnected: Disconnect | None = None,
         shutting_down: asyncio.Event | None = None,
+        split_target: tuple[str, str] | None = None,
     ) -> None:
-        path, query = parse_target(method.encode("ascii"), target.encode("ascii"))
-        self._setup(
-            method,
-            target,
-            path,
-            query,
-            headers if headers is not None else Headers(),
-            http_version,
-            client,
-            body if body is not None else _empty_body(),
-            disconnected if disconnected is not None else Disconnect(),
-            shutting_down if shutting_down is not None else asyncio.Event(),
-        )
+        """A request, as the server builds it (tests may build one too).
 
-    @classmethod
-    def parsed(
-        cls,
-        method: str,
-        target: str,
-        path: str,
-        query: str,
-        headers: Headers,
-        http_version: str,
-        client: tuple[str, int] | None,
-        body: BodyReader,
-        disconnected: Disconnect,
-        shutting_down: asyncio.Event,
-    ) -> Request:
-        """A request whose target the server already checked and split.
+        ``split_target`` is ``(path, query)`` when the caller - the server - has
+        already checked and split ``target`` with :func:`parse_target`.
 
-        For the server's exchange: ``__init__`` would parse the target again.
+        Raises:
+            HTTPError: 400 for a target :func:`parse_target` refuses.
         """
-        request = cls.__new__(cls)
-        request._setup(
-            method,
-            target,
-            path,
-            query,
-            headers,
-            http_version,
-            client,
-            body,
-            disconnected,
-            shutting_down,
-        )
-        return request
-
-    def _setup(
-        self,
-        method: str,
-        target: str,
-        path: str,
-        query: str,
-        headers: Headers,
-        http_version: str,
-        client: tuple[str, int] | None,
-        body: BodyReader,
-        disconnected: Disconnect,
-        shutting_down: asyncio.Event,
-    ) -> None:
+        if split_target is None:
+            split_target = parse_target(method.encode("ascii"), target.encode("ascii"))
+        path, query = split_target
         self.method = method
         self.target = target
         self.path = path
         self.query = query
-        self.headers = headers
+        self.headers = headers if headers is not None else Headers()
         self.http_version = http_version
         self.client = client
         self._path_params: dict[str, str] | None = None
         self._query_params: QueryParams | None = None
-        self._body = body
+        self._body = body if body is not None else _empty_body()
         self._body_cache: bytes | None = None
         self._streamed = False
-        self._disconnected = disconnected
-        self._shutting_down = shutting_down
+        self._disconnected = disconnected if disconnected is not None else Disconnect()
+        self._shutting_down = shutting_down if shutting_down is not None else asyncio.Event()
 
     @property
     def path_params(self) -> dict[str, str]:
