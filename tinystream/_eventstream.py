@@ -36,6 +36,7 @@ class LiveEventStream:
             self._writer.write(self.response.prelude)
         ping = self.response.ping
         if ping is not None:
+            self._writer.track_time = True
             self._writer.last_write = now = self._loop.time()
             self._ping_timer = self._loop.call_at(now + ping, self._on_ping_timer)
 

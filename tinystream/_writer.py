@@ -68,6 +68,11 @@ class Framing(enum.Enum):
     CLOSE = "close"  # HTTP/1.0 peer: the body ends when the connection closes
 
 
+# Compared on every body write: module constants are cheaper than enum lookups.
+_CHUNKED = Framing.CHUNKED
+_LENGTH = Framing.LENGTH
+
+
 class SendfileStalled(Exception):
     """The client read less than one sendfile slice within the stall timeout."""
 
@@ -105,6 +110,7 @@ class ResponseWriter:
         "head_sent",
         "last_write",
         "status",
+        "track_time",
     )
 
     def __init__(
@@ -131,7 +137,8 @@ class ResponseWriter:
         self.status = 0
         self.head_sent = False
         self.bytes_sent = 0  # body bytes, before compression
-        self.last_write = 0.0  # loop time of the last body write (for pings)
+        self.last_write = 0.0  # loop time of the last body write (for pings) ...
+        self.track_time = False  # ... kept only while an event stream pings
 
     def use_parser(self, h11_conn: h11.Connection) -> None:
         """The connection replaced its h11 connection between two requests."""
@@ -237,20 +244,17 @@ class ResponseWriter:
         self.bytes_sent += len(data)
         if self.compressor is not None:
             data = self.compressor.compress(data)
-        self._send(data)
-
-    def _send(self, data: bytes) -> None:
-        # Frame, keep h11 in step, write: the path of every body byte.
         if not data:
             return  # an empty chunk would end a chunked body
         framing = self.framing
-        if framing is Framing.CHUNKED:
+        if framing is _CHUNKED:
             self._transport.write(encode_chunk(data))
         else:
-            if framing is Framing.LENGTH:
+            if framing is _LENGTH:
                 self._h11.send_with_data_passthrough(h11.Data(data=data))
             self._transport.write(data)
-        self.last_write = self._ctx.loop.time()
+        if self.track_time:
+            self.last_write = self._ctx.loop.time()
         if self.after_eof is not None:
             self.after_eof()
 
@@ -350,7 +354,9 @@ class ResponseWriter:
         """End the body: the compressor's tail, then h11's end (the last chunk)."""
         if self.compressor is not None:
             tail, self.compressor = self.compressor.finish(), None
-            self._send(tail)
+            sent = self.bytes_sent
+            self.write(tail)
+            self.bytes_sent = sent  # the gzip trailer is not payload
         data = self._h11.send(h11.EndOfMessage())
         if data:
             self._transport.write(data)

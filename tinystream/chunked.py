@@ -49,7 +49,9 @@ def encode_chunk(payload: bytes | bytearray | memoryview) -> bytes:
     size = len(payload)
     if not size:
         raise ValueError("an empty payload cannot be framed: a zero-length chunk ends the body")
-    return b"%x\r\n%b\r\n" % (size, bytes(payload))
+    if type(payload) is not bytes:
+        payload = bytes(payload)
+    return b"%x\r\n%b\r\n" % (size, payload)
 
 
 def chunk_pieces(
