@@ -72,6 +72,7 @@ class Cycle:
         "loop",
         "receiver",
         "refusal",
+        "reported",
         "request",
         "request_body",
         "sender",
@@ -105,6 +106,7 @@ class Cycle:
         self.receiver: asyncio.Future[None] | None = None  # the app waits for a disconnect
         self.failure: BaseException | None = None  # ends the response (and is logged)
         self.refusal: HTTPError | None = None  # the request body was refused (413)
+        self.reported = False  # the failure went to the core, which logs it
         self.closed: str | None = None  # why every later send() raises
         self.done = False  # the response has been handed over whole, or closed
         self.told_disconnect = False
@@ -135,9 +137,10 @@ class Cycle:
         if self.refusal is not None:
             self.close("the request was refused")
             raise self.refusal
-        if self.failure is not None:
+        if self.failure is not None and not self.body_ended:
             # Before any byte went out: the core logs it and answers 500.
             self.close("the application failed")
+            self.reported = True
             raise self.failure
         if self.status == 0:
             self.close("the application returned without a response")
@@ -191,7 +194,7 @@ class Cycle:
                 self.failure = exc
             _resolve(self.consumer)
             return
-        if exc is None or exc is self.failure:
+        if exc is None or (exc is self.failure and self.reported):
             return
         if _caused_by_disconnect(exc):
             _release_frames(task)
@@ -331,6 +334,10 @@ class Cycle:
         error = ASGIProtocolError(message)
         if self.failure is None:
             self.failure = error
+            if self.body_ended:
+                # The response went out whole; nobody else will report this.
+                self.reported = True
+                logger.error("%s (%s %s)", message, self.request.method, self.request.target)
         self._wake_handler()
         _resolve(self.consumer)
         raise error
@@ -348,10 +355,11 @@ class Cycle:
                 if not chunks:
                     _resolve(self.sender)
                 return chunk
-            if self.failure is not None:
-                raise self.failure  # logged by the core; the body is truncated
             if self.body_ended:
-                raise StopAsyncIteration
+                raise StopAsyncIteration  # (a violation after the end was logged)
+            if self.failure is not None:
+                self.reported = True
+                raise self.failure  # logged by the core; the body is truncated
             if self.shutting_down and self.event_stream:
                 raise StopAsyncIteration  # a clean end: the browser reconnects
             task = self.task
