@@ -2,10 +2,11 @@
 
 Body chunks pass from the app's ``send()`` to the response's producer (the cycle
 itself) through a hand-off with one slot: a ``send()`` returns once the server
-has *pulled* its chunk. The core pulls only while the transport is not paused,
-so the app is paused exactly when the client reads slowly, and at most one chunk
-waits beyond the transport's high-water mark. A ``send()`` that finds no pull
-waiting suspends, so an app whose generator never awaits still yields to the loop.
+has *pulled* its chunk (small chunks may share the slot up to ``SLOT_BYTES``).
+The core pulls only while the transport is not paused, so the app is paused
+when the client reads slowly, and at most one chunk (or ``SLOT_BYTES`` of small
+ones) waits beyond the transport's high-water mark. A ``send()`` that finds the
+slot full suspends, so an app whose generator never awaits still yields to the loop.
 
 When the core closes the producer before the body ended, :meth:`Cycle.close`
 cancels the app task, answers ``receive()`` with ``http.disconnect`` and fails
@@ -42,6 +43,12 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _NO_BODY = frozenset({204, 304})  # RFC 9110 §15.3.5, §15.4.5
 _DISCONNECT = {"type": "http.disconnect"}
+#: Small chunks (SSE events, tokens) may share the hand-off slot up to this many
+#: bytes before a send() waits for the pull: the next pull writes them in one go
+#: (one syscall, one loop iteration, instead of one per event). A chunk this size
+#: or larger always waits alone, so a paused transport holds back at most this
+#: much, or one chunk, beyond its high-water mark.
+SLOT_BYTES = 16 * 1024  # bytes
 
 
 class ASGIProtocolError(RuntimeError):
@@ -70,6 +77,7 @@ class Cycle:
         "head_returned",
         "headers",
         "loop",
+        "queued",
         "receiver",
         "refusal",
         "reported",
@@ -100,6 +108,7 @@ class Cycle:
         self.head_returned = False
         self.chunks: deque[bytes] = deque()  # sent by the app, not pulled yet
         self.sent = 0  # body bytes the app sent
+        self.queued = 0  # bytes in ``chunks``
         self.body_ended = False  # the app sent more_body=False
         self.consumer: asyncio.Future[None] | None = None  # the producer waits for a chunk
         self.sender: asyncio.Future[None] | None = None  # the app waits for its chunk's pull
@@ -310,6 +319,7 @@ class Cycle:
                     f"ASGI application sent more than its Content-Length {self.content_length}"
                 )
             self.chunks.append(body)
+            self.queued += len(body)
         if not more:
             if self.content_length is not None and self.sent != self.content_length:
                 self._violation(
@@ -327,6 +337,8 @@ class Cycle:
             if more:
                 await asyncio.sleep(0)
             return
+        if self.queued <= SLOT_BYTES:
+            return  # small chunks share the slot; the next pull takes them as one
         self.sender = sender = self.loop.create_future()
         await sender  # until the producer pulls it (or the response is closed)
 
@@ -351,9 +363,11 @@ class Cycle:
         chunks = self.chunks
         while True:
             if chunks:
-                chunk = chunks.popleft()
-                if not chunks:
-                    _resolve(self.sender)
+                # Everything in the slot, as one write (many small events, or one chunk).
+                chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self.queued = 0
+                _resolve(self.sender)
                 return chunk
             if self.body_ended:
                 raise StopAsyncIteration  # (a violation after the end was logged)
