@@ -361,6 +361,8 @@ async def test_cli_fastapi_with_three_open_streams_exits_on_sigterm_within_the_g
 
 
 async def test_errors_before_and_after_the_start(caplog: pytest.LogCaptureFixture) -> None:
+    delivered = asyncio.Event()  # the client has read the first chunk: the head is out
+
     async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
@@ -369,6 +371,8 @@ async def test_errors_before_and_after_the_start(caplog: pytest.LogCaptureFixtur
             raise ValueError("boom before")
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        if path in ("/after", "/second-start"):
+            await delivered.wait()
         if path == "/after":
             raise ValueError("boom after")
         if path == "/second-start":
@@ -381,9 +385,14 @@ async def test_errors_before_and_after_the_start(caplog: pytest.LogCaptureFixtur
         response = await client.get("/before")
         assert response.status == 500 and b"boom" not in response.body
         for path in ("/after", "/second-start"):
+            delivered.clear()
             async with client.stream("GET", path) as streamed:
                 assert streamed.status == 200
-                assert await streamed.read() == b"partial"
+                body = b""
+                async for data in streamed.aiter_bytes():
+                    body += data
+                    delivered.set()
+                assert body == b"partial"
                 assert not streamed.complete and not streamed.was_reset  # FIN, truncated
         response = await client.get("/body-after-end")  # the body was complete: kept
         assert response.body == b"partial"
@@ -401,6 +410,8 @@ async def test_errors_before_and_after_the_start(caplog: pytest.LogCaptureFixtur
 async def test_invalid_header_or_wrong_content_length_never_corrupts_a_response(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    delivered = asyncio.Event()  # the client has read the first chunk: the head is out
+
     async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
@@ -415,7 +426,7 @@ async def test_invalid_header_or_wrong_content_length_never_corrupts_a_response(
             await send({"type": "http.response.body", "body": b"12345"})
             return
         await send({"type": "http.response.body", "body": b"123456", "more_body": True})
-        await asyncio.sleep(0.3)  # past first_item_wait: the head is out
+        await delivered.wait()
         if path == "/long":
             await send({"type": "http.response.body", "body": b"123456"})
         else:  # short
@@ -427,9 +438,14 @@ async def test_invalid_header_or_wrong_content_length_never_corrupts_a_response(
         response = await client.get("/whole-but-short")
         assert response.status == 500
         for path in ("/long", "/short"):
+            delivered.clear()
             async with client.stream("GET", path) as streamed:
                 assert streamed.headers.get("content-length") == "10"
-                assert await streamed.read() == b"123456"
+                body = b""
+                async for data in streamed.aiter_bytes():
+                    body += data
+                    delivered.set()
+                assert body == b"123456"
                 assert not streamed.complete  # not hung: the connection was closed
     logged = "\n".join(
         str(r.exc_info[1]) if r.exc_info else r.getMessage()
@@ -483,7 +499,7 @@ async def test_request_body_is_flow_controlled_and_100_continue_waits_for_receiv
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": str(total).encode()})
 
-    async with serve_for_test(app, read_high_water=16 * 1024) as client:
+    async with serve_for_test(app, read_high_water=16 * 1024, max_body_size=None) as client:
         # 100-continue: only once the app asks for the body.
         conn = await client.connect()
         await conn.send_raw(
@@ -502,7 +518,7 @@ async def test_request_body_is_flow_controlled_and_100_continue_waits_for_receiv
         # Flow control: while the app does not call receive(), the socket is paused.
         entered.clear()
         gate.clear()
-        body = b"u" * (4 * 1024 * 1024)
+        body = b"u" * (32 * 1024 * 1024)  # more than loopback's kernel buffers hold
         conn = await client.connect()
         sending = asyncio.ensure_future(
             conn.send_raw(
@@ -511,10 +527,10 @@ async def test_request_body_is_flow_controlled_and_100_continue_waits_for_receiv
         )
         await wait(entered)
         (server_conn,) = client.server._ctx.connections
-        for _ in range(200):
+        for _ in range(10_000):  # loop iterations, not time: both ends run in this loop
             if server_conn.transport is not None and not server_conn.transport.is_reading():
                 break
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0)
         assert not server_conn.transport.is_reading()
         assert not sending.done()  # the client is held back: nothing buffered without bound
         gate.set()
