@@ -11,8 +11,8 @@ and every measurement verifies its result (exact byte and event counts) before
 it counts. Tables give each server's median, min-max, and its ratio to
 tinystream; --json writes every raw figure.
 
-Servers: tinystream; uvicorn (h11 + asyncio, and httptools + uvloop) and hypercorn
-running Starlette + sse-starlette; aiohttp + aiohttp-sse; and a "ceiling": a few
+Servers: tinystream; tinystream-asgi, uvicorn (h11 + asyncio, and httptools + uvloop)
+and hypercorn, all four running the same Starlette + sse-starlette app; aiohttp + aiohttp-sse; and a "ceiling": a few
 dozen lines of asyncio.Protocol writing pre-formatted bytes (scenarios 1-3 only).
 The apps are in benchmarks/apps/ and behave the same in every framework.
 """
@@ -73,6 +73,18 @@ SERVERS: dict[str, Callable[[int], list[str]]] = {
         "-m",
         "tinystream",
         "benchmarks.apps.tinystream_app:app",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ],
+    # The same Starlette + sse-starlette app as the uvicorn and hypercorn rows.
+    "tinystream-asgi": lambda port: [
+        sys.executable,
+        "-m",
+        "tinystream",
+        "benchmarks.apps.starlette_app:app",
         "--port",
         str(port),
         "--no-access-log",
@@ -429,6 +441,13 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
     parser.add_argument("--markdown", type=Path, help="also write the tables as Markdown here")
     parser.add_argument("--from-json", type=Path, help="only render the tables of an earlier run")
+    parser.add_argument(
+        "--size",
+        action="append",
+        default=[],
+        metavar="KEY=N",
+        help=f"override one size (keys: {', '.join(FULL)}); repeatable",
+    )
     args = parser.parse_args()
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
@@ -443,7 +462,12 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    size = QUICK if args.quick else FULL
+    size = dict(QUICK if args.quick else FULL)
+    for item in args.size:
+        key, _, value = item.partition("=")
+        if key not in size or not value.isdigit():
+            parser.error(f"--size wants KEY=N with KEY one of {', '.join(size)}, got {item!r}")
+        size[key] = int(value)
     repeat = 1 if args.quick else args.repeat
     servers = args.servers.split(",")
     import resource

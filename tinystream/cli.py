@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ._lifespan import LifespanFailed
 from .config import Config
 from .serving import run_until_signal
 
@@ -88,6 +89,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--certfile", help="TLS certificate chain (PEM)")
     parser.add_argument("--keyfile", help="TLS private key (PEM)")
+    # ASGI applications (FastAPI, Starlette ...): see tinystream.asgi.
+    parser.add_argument(
+        "--interface",
+        choices=["auto", "native", "asgi"],
+        default="auto",
+        help="native handler or ASGI 3 app; auto detects an ASGI app by its signature",
+    )
+    parser.add_argument(
+        "--lifespan",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="ASGI lifespan events: on (required), off, auto (if the app supports them)",
+    )
+    parser.add_argument("--root-path", default="", help="ASGI root_path (a proxy's path prefix)")
     return parser
 
 
@@ -122,8 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     options: dict[str, Any] = {"config": config, "certfile": args.certfile, "keyfile": args.keyfile}
     if args.uds:
         options["uds"] = args.uds
+    options.update(interface=args.interface, lifespan=args.lifespan, root_path=args.root_path)
     if args.workers == 1:
-        asyncio.run(run_until_signal(handler, args.host, args.port, options))
+        try:
+            asyncio.run(run_until_signal(handler, args.host, args.port, options))
+        except LifespanFailed as exc:
+            print(f"tinystream: error: application startup failed: {exc}", file=sys.stderr)
+            return 3  # uvicorn's status for a failed startup
         return 0
     return _supervise(handler, args.host, args.port, args.workers, options)
 

@@ -20,8 +20,9 @@ import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from .asgi import ASGIHandler, is_asgi_app
 from .config import Config
 from .server import Handler, HTTPConnection, ServerContext
 
@@ -106,12 +107,18 @@ class Server:
     """A running tinystream server. Made by :func:`start_server`."""
 
     def __init__(
-        self, ctx: ServerContext, server: asyncio.Server, url: str, port: int | None
+        self,
+        ctx: ServerContext,
+        server: asyncio.Server,
+        url: str,
+        port: int | None,
+        asgi: ASGIHandler | None = None,
     ) -> None:
         self._ctx = ctx
         self._server = server
         self.url = url
         self.port = port
+        self._asgi = asgi  # its lifespan shutdown runs after the last connection ended
         self._closing: asyncio.Task[None] | None = None
         self._accept_filter = _AcceptErrorFilter(ctx.loop, [s.fileno() for s in server.sockets])
         ctx.loop.set_exception_handler(self._accept_filter)
@@ -191,6 +198,8 @@ class Server:
             await asyncio.wait(list(ctx.tasks), timeout=CLEANUP_TIMEOUT)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), CLEANUP_TIMEOUT)
+        if self._asgi is not None:
+            await self._asgi.shutdown(ctx.config.graceful_timeout)
 
     async def __aenter__(self) -> Server:
         return self
@@ -257,6 +266,9 @@ async def start_server(
     certfile: str | None = None,
     keyfile: str | None = None,
     reuse_port: bool = False,
+    interface: str = "auto",
+    lifespan: str = "auto",
+    root_path: str = "",
     config: Config | None = None,
     **options: Any,
 ) -> Server:
@@ -264,21 +276,34 @@ async def start_server(
 
     Args:
         handler: ``async def handler(request) -> Response`` (a plain ``def`` runs
-            in a worker thread), or a :class:`~tinystream.Router`.
+            in a worker thread), or a :class:`~tinystream.Router`, or an ASGI 3
+            application (``app(scope, receive, send)``: FastAPI, Starlette ...).
         host, port: where to listen; ``port=0`` picks a free port (see ``.port``).
         uds: listen on this Unix socket path instead (a stale socket file is replaced).
         sock: listen on this already-bound socket instead.
         ssl / certfile, keyfile: serve HTTPS.
         reuse_port: set ``SO_REUSEPORT`` (several processes on one port).
+        interface: ``"auto"`` (an ASGI app is recognised by its signature),
+            ``"native"`` or ``"asgi"``.
+        lifespan: for an ASGI app, ``"auto"``, ``"on"`` or ``"off"``: its lifespan
+            startup runs before the first connection is accepted, its shutdown
+            after the last one ended (in :meth:`Server.close`).
+        root_path: for an ASGI app, the scope's ``root_path``.
         config / options: a :class:`Config`, or its fields as keyword arguments.
 
     Raises:
         TypeError: an unknown option, or a handler that is not callable.
         ValueError: a bad option value.
         OSError: the address cannot be bound.
+        LifespanFailed: the ASGI app's lifespan startup failed (its message).
     """
     if not callable(handler):
         raise TypeError(f"handler must be callable, got {handler!r}")
+    if interface not in ("auto", "native", "asgi"):
+        raise ValueError(f"interface must be 'auto', 'native' or 'asgi', got {interface!r}")
+    asgi: ASGIHandler | None = None
+    if interface == "asgi" or (interface == "auto" and is_asgi_app(handler)):
+        handler = asgi = ASGIHandler(cast(Any, handler), root_path=root_path, lifespan=lifespan)
     cfg = _make_config(config, options)
     ctx = ServerContext(handler, cfg)
     context = _ssl_context(ssl, certfile, keyfile)
@@ -297,14 +322,21 @@ async def start_server(
             ssl=context,
             backlog=BACKLOG,
             ssl_handshake_timeout=cfg.header_timeout if context is not None else None,
+            start_serving=False,
         )
-        return Server(ctx, server, f"unix:{uds}", None)
+        await _start_serving(server, asgi, scheme, (uds, None))
+        return Server(ctx, server, f"unix:{uds}", None, asgi)
     # asyncio calls connection_made only after a TLS handshake, so our header
     # deadline would not cover a client that never finishes one: bound it here.
     handshake = cfg.header_timeout if context is not None else None
     if sock is not None:
         server = await loop.create_server(
-            factory, sock=sock, ssl=context, backlog=BACKLOG, ssl_handshake_timeout=handshake
+            factory,
+            sock=sock,
+            ssl=context,
+            backlog=BACKLOG,
+            ssl_handshake_timeout=handshake,
+            start_serving=False,
         )
     else:
         server = await loop.create_server(
@@ -315,10 +347,31 @@ async def start_server(
             backlog=BACKLOG,
             reuse_port=reuse_port or None,
             ssl_handshake_timeout=handshake,
+            start_serving=False,
         )
     bound = server.sockets[0].getsockname()
+    await _start_serving(server, asgi, scheme, (str(bound[0]), int(bound[1])))
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    return Server(ctx, server, f"{scheme}://{shown}:{bound[1]}", int(bound[1]))
+    return Server(ctx, server, f"{scheme}://{shown}:{bound[1]}", int(bound[1]), asgi)
+
+
+async def _start_serving(
+    server: asyncio.Server,
+    asgi: ASGIHandler | None,
+    scheme: str,
+    address: tuple[str, int | None],
+) -> None:
+    # Bound but not accepting yet: an ASGI app's lifespan startup runs first, so
+    # no request reaches it before it is ready (clients that connect meanwhile
+    # wait in the listen backlog instead of being refused).
+    if asgi is not None:
+        asgi.bind(scheme, address)
+        try:
+            await asgi.startup()
+        except BaseException:
+            server.close()
+            raise
+    await server.start_serving()
 
 
 def _remove_stale_socket(path: str) -> None:
