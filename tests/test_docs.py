@@ -13,6 +13,8 @@ from types import ModuleType
 
 import pytest
 
+import tinystream
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
@@ -58,3 +60,10 @@ def test_every_public_name_and_member_has_a_docstring() -> None:
                     if not inspect.getdoc(target):
                         missing.append(f"{module_name}.{name}.{member}")
     assert missing == []
+
+
+def test_version_matches_pyproject() -> None:
+    version = re.search(r'^version = "([^"]+)"$', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert version is not None and tinystream.__version__ == version.group(1)
+    assert "## Unreleased" in (ROOT / "CHANGELOG.md").read_text()
+    assert f"## {tinystream.__version__} - " in (ROOT / "CHANGELOG.md").read_text()
