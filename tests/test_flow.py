@@ -56,3 +56,18 @@ async def test_reading_is_paused_while_any_reason_holds() -> None:
     assert transport.reading
     flow.resume_reading(ReadPause.PIPELINE)  # resuming twice is harmless
     assert transport.reading
+
+
+async def test_a_lingering_close_resumes_reading_whatever_paused_it() -> None:
+    """``resume_all_reading`` clears every reason at once; ``repr`` shows what holds."""
+    _, transport = make_connection(lambda r: None)
+    flow = FlowControl(transport)
+    assert repr(flow) == "<FlowControl open>"
+    flow.pause_reading(ReadPause.BODY)
+    flow.pause_reading(ReadPause.PIPELINE)
+    flow.pause_writing()
+    assert "write paused" in repr(flow) and "read paused" in repr(flow)
+    flow.resume_all_reading()
+    assert transport.reading
+    flow.resume_all_reading()  # nothing paused: harmless
+    assert transport.reading

@@ -112,6 +112,7 @@ class Subscription:
     # Fed by the backend (synchronously, never waiting)
 
     def deliver(self, key: Key, event: ServerSentEvent) -> None:
+        """Backend side: queue a live event (never waits; past ``queue_size``, end)."""
         if self.ended:
             return
         if self._held is not None:
@@ -129,21 +130,22 @@ class Subscription:
         self._wake()
 
     def start_after(self, key: Key, event_id: str) -> None:
-        """Accept only events after ``key`` (the client's ``last_event_id``) from now on."""
+        """Backend side: accept only events after ``key`` (the client's last id) from now on."""
         self._last = key
         self.position = event_id
 
     def mark(self, key: Key, event_id: str) -> None:
-        """Start live at ``key``: the client knows no position, the wire prelude tells it."""
+        """Backend side: start live at ``key``; the wire prelude tells the client its position."""
         self._last = key
         self.position = event_id
         self._live = True
 
     def hold_live(self) -> None:
-        """Keep live events aside until :meth:`release_live` (during an async replay)."""
+        """Backend side: keep live events aside until :meth:`release_live` (an async replay)."""
         self._held = []
 
     def replay(self, events: list[tuple[Key, ServerSentEvent]]) -> None:
+        """Backend side: queue retained events after the start position, in order."""
         for key, event in events:
             if self._last is None or key > self._last:
                 self._last = key
@@ -152,7 +154,7 @@ class Subscription:
         self._wake()
 
     def resync(self, name: str, key: Key, event_id: str) -> None:
-        """The id asked for is unknown or expired: say so, then go on live.
+        """Backend side: the id asked for is unknown or expired: say so, then go on live.
 
         The resync event carries the position it resumes from as its id.
         """
@@ -162,11 +164,17 @@ class Subscription:
         self._wake()
 
     def release_live(self) -> None:
+        """Backend side: the replay is queued; deliver the live events held meanwhile."""
         held, self._held = self._held or [], None
         for key, event in held:
             self.deliver(key, event)
 
     def end(self, reason: str) -> None:
+        """End the subscription (``"closed"``, ``"overflow"``, ``"unavailable"``).
+
+        Queued events are still yielded, except after an overflow; then iteration
+        stops. Safe to call more than once: the first reason is kept.
+        """
         if not self.ended:
             self.ended = True
             self.end_reason = reason
@@ -188,7 +196,7 @@ class Subscription:
         return self
 
     def begin(self, replay: Coroutine[Any, Any, None]) -> None:
-        """Run ``replay`` now, in the background; events wait until it is done."""
+        """Backend side: run ``replay`` in the background; events wait until it is done."""
         self._start_task = asyncio.ensure_future(replay)
 
     async def wait_started(self) -> None:
@@ -602,6 +610,18 @@ class Broadcast:
 
         Registered at once: nothing published after this call is missed. Must be
         called with an event loop running (inside a handler).
+
+        Args:
+            channel: the channel's name.
+            last_event_id: the client's ``Last-Event-ID`` (``request.last_event_id``);
+                None for live events only.
+
+        Returns:
+            A :class:`Subscription`: pass it to :class:`~tinystream.EventSourceResponse`,
+            or iterate it.
+
+        Raises:
+            RuntimeError: the broadcast is closed, or no event loop is running.
         """
         if self._closed:
             raise RuntimeError("this Broadcast is closed")

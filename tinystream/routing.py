@@ -108,7 +108,14 @@ class Router:
     def route(
         self, path: str, methods: Iterable[str] = ("GET",)
     ) -> Callable[[RouteHandler], RouteHandler]:
-        """Decorator form of :meth:`add`."""
+        """Decorator form of :meth:`add`: ``@router.route("/x", methods=("GET", "POST"))``.
+
+        Returns:
+            A decorator that registers the function and returns it unchanged.
+
+        Raises:
+            ValueError: as for :meth:`add`, when the decorator is applied.
+        """
 
         def register(handler: RouteHandler) -> RouteHandler:
             self.add(path, handler, methods)
@@ -117,18 +124,27 @@ class Router:
         return register
 
     def get(self, path: str) -> Callable[[RouteHandler], RouteHandler]:
+        """Decorator: route GET requests on ``path`` to the function.
+
+        HEAD requests go to it too (RFC 9110 §9.3.2: HEAD is GET without the body;
+        the server drops the body), unless HEAD has a route of its own.
+        """
         return self.route(path, ("GET",))
 
     def post(self, path: str) -> Callable[[RouteHandler], RouteHandler]:
+        """Decorator: route POST requests on ``path`` to the function."""
         return self.route(path, ("POST",))
 
     def put(self, path: str) -> Callable[[RouteHandler], RouteHandler]:
+        """Decorator: route PUT requests on ``path`` to the function."""
         return self.route(path, ("PUT",))
 
     def patch(self, path: str) -> Callable[[RouteHandler], RouteHandler]:
+        """Decorator: route PATCH requests on ``path`` to the function."""
         return self.route(path, ("PATCH",))
 
     def delete(self, path: str) -> Callable[[RouteHandler], RouteHandler]:
+        """Decorator: route DELETE requests on ``path`` to the function."""
         return self.route(path, ("DELETE",))
 
     def _match(self, path: str) -> tuple[_Route, dict[str, str]] | None:
@@ -143,6 +159,14 @@ class Router:
         return None
 
     async def __call__(self, request: Request) -> Response | StreamingResponse:
+        """Dispatch ``request`` to its route's handler (the router is a handler itself).
+
+        Fills ``request.path_params`` with the captured segments.
+
+        Raises:
+            HTTPError: 404 for an unknown path; 405 with ``Allow`` for a known path
+                and another method; whatever the route's handler raises.
+        """
         found = self._match(request.path)
         if found is None:
             raise HTTPError(404)

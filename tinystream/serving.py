@@ -128,6 +128,7 @@ class Server:
 
     @property
     def config(self) -> Config:
+        """The server's :class:`Config` (every limit and timeout in force)."""
         return self._ctx.config
 
     def stats(self) -> ServerStats:
@@ -175,6 +176,7 @@ class Server:
                 raise TimeoutError(f"server stats never matched; last: {self.stats()}") from None
 
     def is_shutting_down(self) -> bool:
+        """True once :meth:`close` has begun."""
         return self._ctx.shutting_down.is_set()
 
     async def close(self) -> None:
@@ -389,7 +391,15 @@ def _remove_stale_socket(path: str) -> None:
 async def serve(handler: Handler, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
     """Serve until cancelled, then shut down gracefully.
 
-    Takes the arguments of :func:`start_server`.
+    Args:
+        handler, host, port, kwargs: as for :func:`start_server`.
+
+    Returns:
+        Never; cancelling the task that awaits it stops the server (gracefully,
+        as :meth:`Server.close`) and re-raises ``CancelledError``.
+
+    Raises:
+        TypeError / ValueError / OSError: as :func:`start_server`.
     """
     server = await start_server(handler, host, port, **kwargs)
     logger.info("tinystream listening on %s", server.url)
@@ -402,8 +412,18 @@ async def serve(handler: Handler, host: str = "127.0.0.1", port: int = 8000, **k
 def run(handler: Handler, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
     """Serve in this thread until SIGINT or SIGTERM, then stop gracefully.
 
-    A second signal exits at once. Takes the arguments of :func:`start_server`;
-    configures logging (INFO to stderr) if the application has not.
+    A second signal exits at once. Configures logging (INFO to stderr) if the
+    application has not. Must not be called with an event loop running (use
+    :func:`serve` there).
+
+    Args:
+        handler, host, port, kwargs: as for :func:`start_server`.
+
+    Returns:
+        None, once the server has stopped.
+
+    Raises:
+        TypeError / ValueError / OSError: as :func:`start_server`.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")

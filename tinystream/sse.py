@@ -181,8 +181,12 @@ class EventStreamDecoder:
     and an event with no data is not dispatched (its id still counts). A final
     event without its empty line is discarded at the end of the stream.
 
-    Raises (from :meth:`feed`):
-        EventStreamError: an event grew past ``max_event_size`` characters.
+    Args:
+        max_event_size: the largest event accepted, in characters.
+
+    Raises:
+        ValueError: ``max_event_size`` is not positive.
+        EventStreamError: (from :meth:`feed`) an event grew past ``max_event_size``.
     """
 
     def __init__(self, max_event_size: int = MAX_EVENT_SIZE) -> None:
@@ -203,7 +207,11 @@ class EventStreamDecoder:
         self.retry: int | None = None
 
     def feed(self, data: bytes) -> list[ServerSentEvent]:
-        """Parse the next piece of the stream; return the events it completed."""
+        """Parse the next piece of the stream; return the events it completed.
+
+        Raises:
+            EventStreamError: an event grew past ``max_event_size`` characters.
+        """
         text = self._decoder.decode(data)
         if not self._started:
             if not text:

@@ -215,9 +215,13 @@ class NDJSONResponse(StreamingResponse):
 
     Args:
         items: a sync or async iterable of JSON-serialisable objects.
+        status, headers, compress: as for :class:`StreamingResponse`.
 
     An item that cannot be serialised ends the response early (truncated body):
     NDJSON has no way to say "error" in-band.
+
+    Raises:
+        TypeError: ``items`` is not an iterable of items.
     """
 
     __slots__ = ()
@@ -302,6 +306,18 @@ def negotiate_stream(
     honoured) prefer ``text/event-stream``, an :class:`EventSourceResponse` sending
     each item as one event whose ``data`` is its JSON, with ``sse_options`` passed
     on; otherwise an :class:`NDJSONResponse` of the same items.
+
+    Args:
+        request: the request whose ``Accept`` fields decide.
+        items: a sync or async iterable of JSON-serialisable objects.
+        sse_options: keyword arguments of :class:`EventSourceResponse` (``ping``,
+            ``retry`` ...), used only when the answer is an event stream.
+
+    Returns:
+        An :class:`EventSourceResponse` or an :class:`NDJSONResponse`.
+
+    Raises:
+        TypeError: ``items`` is not an iterable of items.
     """
     if wants_event_stream(request.headers.get_all("accept")):
         # A str event is sent as its data: each item becomes one event of its JSON.

@@ -52,9 +52,19 @@ class TestResponse:
 
     @property
     def text(self) -> str:
+        """The body decoded as UTF-8.
+
+        Raises:
+            UnicodeDecodeError: the body is not UTF-8.
+        """
         return self.body.decode("utf-8")
 
     def json(self) -> Any:
+        """The body parsed as JSON.
+
+        Raises:
+            ValueError: the body is not JSON.
+        """
         import json
 
         return json.loads(self.body)
@@ -299,10 +309,12 @@ class ClientConnection:
         return self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE
 
     def shutdown_write(self) -> None:
+        """Half-close: send a FIN, keep reading (the server sees EOF)."""
         if self._writer.can_write_eof():
             self._writer.write_eof()
 
     def abort(self) -> None:
+        """Vanish: close the socket with a TCP reset, as a crashed client would."""
         sock = self._writer.get_extra_info("socket")
         if sock is not None:
             # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
@@ -311,6 +323,7 @@ class ClientConnection:
         self._writer.transport.abort()
 
     async def close(self) -> None:
+        """Close the connection normally (a FIN), mid-response or not."""
         self._writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await self._writer.wait_closed()
@@ -355,13 +368,23 @@ class TestClient:
         return manage()
 
     async def request(self, method: str, path: str, **kwargs: Any) -> TestResponse:
+        """Send a request on a new connection and read the whole response.
+
+        ``kwargs`` are those of :meth:`ClientConnection.start` (``headers``,
+        ``body``, ``http_version``).
+
+        Raises:
+            ConnectionError: the connection closed before the response ended.
+        """
         async with self.connection() as conn:
             return await conn.request(method, path, **kwargs)
 
     async def get(self, path: str, **kwargs: Any) -> TestResponse:
+        """``request("GET", path, ...)``."""
         return await self.request("GET", path, **kwargs)
 
     async def post(self, path: str, **kwargs: Any) -> TestResponse:
+        """``request("POST", path, ...)``."""
         return await self.request("POST", path, **kwargs)
 
     def stream(
@@ -384,8 +407,18 @@ class TestClient:
 async def serve_for_test(handler: Any, **options: Any) -> AsyncIterator[TestClient]:
     """Run ``handler`` on a free loopback port for the ``async with`` block.
 
-    ``options`` are :func:`~tinystream.start_server` options (``write_stall_timeout=0.5`` ...).
     The server is shut down gracefully at the end of the block.
+
+    Args:
+        handler: the handler (or Router) to serve.
+        options: :func:`~tinystream.start_server` options (``write_stall_timeout=0.5`` ...).
+
+    Returns:
+        An async context manager giving a :class:`TestClient`; ``client.server``
+        is the running :class:`~tinystream.Server`.
+
+    Raises:
+        TypeError / ValueError: a bad option, as :func:`~tinystream.start_server`.
     """
     server = await start_server(handler, "127.0.0.1", 0, **options)
     try:
