@@ -213,3 +213,36 @@ async def test_a_fixed_response_ready_before_the_fin_is_delivered() -> None:
         assert response["status"] == 200 and response["body"] == b"ready\n"
         assert not conn.was_reset
         await conn.close()
+
+
+async def test_a_fin_after_the_whole_response_is_no_departure() -> None:
+    """The body was complete: the log says so and the producer's closing is not cut."""
+    cleaned = asyncio.Event()
+
+    class Once:
+        def __init__(self) -> None:
+            self.sent = False
+
+        def __aiter__(self) -> Once:
+            return self
+
+        async def __anext__(self) -> bytes:
+            if self.sent:
+                raise StopAsyncIteration
+            self.sent = True
+            return b"all\n"
+
+        async def aclose(self) -> None:
+            await asyncio.sleep(0.05)  # a cleanup that awaits (closing a cursor...)
+            cleaned.set()
+
+    async def handler(request: Request) -> StreamingResponse:
+        return StreamingResponse(Once())
+
+    async with serve_for_test(handler) as client:
+        async with client.stream("GET", "/") as response:
+            assert await response.read() == b"all\n" and response.complete
+            await response.close()  # a FIN, perhaps while aclose() still awaits
+        await wait(cleaned)
+        stats = await client.server.wait_stats(lambda s: s.connections == 0, TIMEOUT)
+        assert stats.outcomes == {"complete": 1}

@@ -23,7 +23,7 @@ from tinystream import (
 )
 from tinystream.testing import ClientConnection, serve_for_test
 
-from .helpers import wait
+from .helpers import parse_responses, wait
 
 TIMEOUT = 5.0
 
@@ -722,3 +722,76 @@ async def test_a_stalled_client_is_reset_so_the_kernel_frees_its_buffers() -> No
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == 7
         finally:
             sock.close()
+
+
+async def test_head_closes_a_sync_iterator_it_never_pulled() -> None:
+    closed = threading.Event()
+
+    class Rows:
+        def __iter__(self) -> Rows:
+            return self
+
+        def __next__(self) -> bytes:
+            return b"row\n"
+
+        def close(self) -> None:
+            closed.set()
+
+    async def handler(request: Request) -> StreamingResponse:
+        return StreamingResponse(Rows())
+
+    async with serve_for_test(handler) as client:
+        response = await client.request("HEAD", "/")
+        assert response.status == 200 and response.body == b""
+        assert await asyncio.to_thread(closed.wait, TIMEOUT)
+
+
+async def test_a_refused_upload_is_answered_with_connection_close_and_no_reset() -> None:
+    """413 for a chunked body over the limit: the client reads it, then a clean end."""
+
+    async def handler(request: Request) -> Response:
+        await request.body()
+        return Response("never\n")
+
+    async with serve_for_test(handler, max_body_size=100_000) as client:
+        conn = await client.connect()
+        await conn.send_raw(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n" % 16384 + b"a" * 16384 + b"\r\n"
+        for _ in range(8):  # 128 KiB: over the limit
+            await conn.send_raw(chunk)
+        [response] = parse_responses(await conn.read_raw_until_close())
+        assert response["status"] == 413
+        assert response["headers"][b"connection"] == b"close"
+        assert not conn.was_reset
+        conn.abort()
+
+
+async def test_a_refusal_after_the_head_is_logged_as_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="tinystream.access")
+    finished = asyncio.Event()
+
+    async def echo(request: Request) -> AsyncIterator[bytes]:
+        try:
+            yield b"started\n"
+            async for chunk in request.stream():
+                yield chunk
+        finally:
+            finished.set()
+
+    async def handler(request: Request) -> StreamingResponse:
+        return StreamingResponse(echo(request))
+
+    async with serve_for_test(handler) as client:
+        conn = await client.connect()
+        await conn.send_raw(
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+        )
+        assert b"started" in await conn.read_raw()
+        await conn.send_raw(b"5 \r\nhello\r\n")  # a bad chunk-size line, mid-response
+        await wait(finished)
+        stats = await client.server.wait_stats(lambda s: s.connections == 0, TIMEOUT)
+        assert stats.outcomes == {"error": 1}
+        conn.abort()
+    assert any(r.getMessage().endswith(" error") for r in caplog.records)

@@ -214,3 +214,33 @@ async def _log_watch(logger: logging.Logger, text: str) -> AsyncIterator[asyncio
         yield seen
     finally:
         logger.removeHandler(watch)
+
+
+async def test_a_first_item_still_pending_at_shutdown_is_stopped_and_closed() -> None:
+    """The pull outlives the response (the server stops): the producer still closes."""
+    closed = asyncio.Event()
+    pulled = asyncio.Event()
+
+    async def slow() -> AsyncIterator[str]:
+        try:
+            pulled.set()
+            await asyncio.Event().wait()
+            yield "never"
+        finally:
+            closed.set()
+
+    async def handler(request: Request) -> EventSourceResponse:
+        return EventSourceResponse(slow(), ping=None)
+
+    async with serve_for_test(handler, first_item_wait=0.5) as client:
+        conn = await client.connect()
+        await conn.send_raw(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        await asyncio.wait_for(pulled.wait(), TIMEOUT)
+        # The server stops while the head still waits for the first item: at the
+        # bound the head goes, with the shutdown event, and the pull is abandoned.
+        stopping = asyncio.ensure_future(client.server.close())
+        raw = await conn.read_raw_until_close()
+        assert b"event: shutdown" in raw
+        await asyncio.wait_for(stopping, TIMEOUT)
+        await asyncio.wait_for(closed.wait(), TIMEOUT)
+        await conn.close()

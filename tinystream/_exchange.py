@@ -143,7 +143,14 @@ class Exchange:
         self.body.finish()
 
     def client_gone(self) -> None:
-        """The client left (a reset, or a FIN without ``half_close``): stop now."""
+        """The client left (a reset, or a FIN without ``half_close``): stop now.
+
+        A client that leaves after the whole response was written changes
+        nothing but ``is_disconnected()``: the producer is closing already.
+        """
+        if self.writer.is_complete():
+            self.disconnected.set()
+            return
         self.note(Outcome.CLIENT_GONE)
         if self.event_stream is not None:
             self.event_stream.stop()
@@ -260,10 +267,11 @@ class Exchange:
         source = open_source(response.content, ctx.pool, writer.room)
         ctx.open_streams += 1
         ctx.stats_changed()
+        pending: asyncio.Future[Any] | None = None
         try:
             if writer.is_closing():
                 return
-            first, pending = NOTHING, None
+            first = NOTHING
             if self.request.method != "HEAD" and not isinstance(response, FileResponse):
                 try:
                     first, pending = await self._first_item(source)
@@ -302,8 +310,13 @@ class Exchange:
                 response.close()
             if self.event_stream is not None:
                 self.event_stream.stop()
-            ctx.open_streams -= 1
+            if pending is not None and not pending.done():
+                # The first item's pull outlived the response (shutdown, HEAD...):
+                # an async generator cannot be closed while it runs, so stop it first.
+                pending.cancel()
+                await asyncio.wait((pending,))
             await close_source(source)
+            ctx.open_streams -= 1
             ctx.stats_changed()
 
     async def _first_item(self, source: Any) -> tuple[Any, asyncio.Future[Any] | None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -38,7 +39,7 @@ def open_source(
         return content.__aiter__()
     if isinstance(content, (list, tuple)):
         return _iterate_in_memory(content)
-    return _iterate_in_thread(iter(content), pool, room)
+    return _ThreadSource(iter(content), pool, room)
 
 
 async def _iterate_in_memory(items: list[Any] | tuple[Any, ...]) -> AsyncIterator[Any]:
@@ -47,19 +48,34 @@ async def _iterate_in_memory(items: list[Any] | tuple[Any, ...]) -> AsyncIterato
         yield item
 
 
-async def _iterate_in_thread(
-    iterator: Any, pool: ThreadPool, room: Callable[[], int]
-) -> AsyncIterator[Any]:
-    pump: SyncIteratorPump[Any] = SyncIteratorPump(iterator, pool)
-    try:
-        while True:
-            items = await pump.pull(max(room(), 1))
-            if not items:
-                return
-            for item in items:
-                yield item
-    finally:
-        pump.close()
+class _ThreadSource:
+    """A sync iterator pulled in worker threads, as an async iterator.
+
+    A class rather than an async generator so that :meth:`aclose` closes the
+    user's iterator even when it was never pulled (a HEAD request, a response
+    that failed before its body): an unstarted generator's ``finally`` never runs.
+    """
+
+    __slots__ = ("_items", "_pump", "_room")
+
+    def __init__(self, iterator: Any, pool: ThreadPool, room: Callable[[], int]) -> None:
+        self._pump: SyncIteratorPump[Any] = SyncIteratorPump(iterator, pool)
+        self._room = room
+        self._items: deque[Any] = deque()
+
+    def __aiter__(self) -> _ThreadSource:
+        return self
+
+    async def __anext__(self) -> Any:
+        if not self._items:
+            batch = await self._pump.pull(max(self._room(), 1))
+            if not batch:
+                raise StopAsyncIteration
+            self._items.extend(batch)
+        return self._items.popleft()
+
+    async def aclose(self) -> None:
+        self._pump.close()
 
 
 async def pull_first(

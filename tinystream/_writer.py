@@ -68,6 +68,8 @@ class Framing(enum.Enum):
     CLOSE = "close"  # HTTP/1.0 peer: the body ends when the connection closes
 
 
+_CLOSE = (b"connection", b"close")
+
 # Compared on every body write: module constants are cheaper than enum lookups.
 _CHUNKED = Framing.CHUNKED
 _LENGTH = Framing.LENGTH
@@ -104,6 +106,7 @@ class ResponseWriter:
         "_transport",
         "after_eof",
         "bytes_sent",
+        "close_after",
         "compressor",
         "framing",
         "head_only",
@@ -132,6 +135,9 @@ class ResponseWriter:
     def begin(self, *, head_only: bool) -> None:
         """A new response starts; ``head_only`` for a HEAD request (no body is sent)."""
         self.head_only = head_only
+        #: Announce ``Connection: close`` in the head (the connection will not be
+        #: reused: a refused body, a request that asked for it).
+        self.close_after = False
         self.framing = Framing.NONE
         self.compressor: GzipStream | None = None
         self.status = 0
@@ -165,16 +171,16 @@ class ResponseWriter:
                 self._transport.write(data)
 
     def _head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-        self.status = status
-        self.head_sent = True
+        fields = self._ctx.response_headers(headers)
+        if self.close_after:
+            fields.append(_CLOSE)
         data = self._h11.send(
-            h11.Response(
-                status_code=status,
-                headers=self._ctx.response_headers(headers),
-                reason=PHRASES.get(status, b""),
-            )
+            h11.Response(status_code=status, headers=fields, reason=PHRASES.get(status, b""))
         )
         assert data is not None
+        # Only now: if h11 refused the head, nothing was sent and a 500 still can be.
+        self.status = status
+        self.head_sent = True
         return data
 
     def send_whole(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -185,6 +191,10 @@ class ResponseWriter:
         """
         if status not in NO_BODY_STATUSES:
             headers = [*headers, (b"content-length", b"%d" % len(body))]
+        if self._h11.their_state is h11.SEND_BODY:
+            # Answered before the request body was read: it never will be, so the
+            # connection cannot be reused; say so (RFC 9112 §9.6).
+            self.close_after = True
         head = self._head(status, headers)
         if body and not self.head_only:
             self._h11.send_with_data_passthrough(h11.Data(data=body))  # h11 counts
@@ -345,6 +355,10 @@ class ResponseWriter:
             and self._transport.get_extra_info("sslcontext") is None
             and hasattr(os, "sendfile")
         )
+
+    def is_complete(self) -> bool:
+        """The whole response has been written (h11 saw its end)."""
+        return self._h11.our_state is h11.DONE or self._h11.our_state is h11.MUST_CLOSE
 
     def is_open(self) -> bool:
         """A body is being written and more of it may still go out."""

@@ -28,7 +28,10 @@ Chunk = bytes | bytearray | memoryview | str
 
 # RFC 9110 §5.1 (token) and §5.5 (field value: no CR, LF or NUL).
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(r"[\x00\r\n]")
+# RFC 9110 §5.5: a field value is visible characters, spaces and tabs (and
+# obs-text). CR and LF would inject fields; other controls h11 refuses at send time
+# or a client may choke on: all are refused when the response is built.
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Framing is ours to decide (RFC 9112 §6): a handler cannot set these.
 _FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding"})
 # Statuses whose responses never have a body (RFC 9110 §6.4.1, §15.3.5, §15.4.5).
@@ -40,7 +43,8 @@ def encode_headers(headers: HeadersArg) -> list[tuple[bytes, bytes]]:
 
     Raises:
         TypeError: a name or value is not a str.
-        ValueError: a name is not a token, a value holds CR, LF or NUL, or a
+        ValueError: a name is not a token, a value holds a control character
+            (CR, LF, NUL... - a tab is allowed), or a
             framing field (Content-Length, Transfer-Encoding) is given.
     """
     if headers is None:
@@ -53,7 +57,7 @@ def encode_headers(headers: HeadersArg) -> list[tuple[bytes, bytes]]:
         if not _TOKEN.fullmatch(name):
             raise ValueError(f"invalid header name {name!r}")
         if _BAD_VALUE.search(value):
-            raise ValueError(f"header {name!r} has a CR, LF or NUL in its value: {value!r}")
+            raise ValueError(f"header {name!r} has a control character in its value: {value!r}")
         raw_name = name.lower().encode("ascii")
         if raw_name in _FRAMING_FIELDS:
             raise ValueError(f"header {name!r} is set by the server from the body; do not set it")

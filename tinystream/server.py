@@ -383,7 +383,10 @@ class HTTPConnection(asyncio.Protocol):
         ):
             self._next_cycle()
         elif conn.our_state is h11.DONE or conn.our_state is h11.MUST_CLOSE:
-            self._close()
+            if conn.their_state is h11.SEND_BODY and not self.client_eof:
+                self._linger()  # answered without reading the whole body
+            else:
+                self._close()
         else:
             self._abort()
 
@@ -486,8 +489,10 @@ class HTTPConnection(asyncio.Protocol):
             self._abort()
 
     def must_close(self) -> None:
-        """Do not reuse this connection after the current response."""
+        """Do not reuse this connection after the current response (and say so in it)."""
         self._keep_alive = False
+        if self.writer is not None:
+            self.writer.close_after = True
 
     def _close(self, *, truncate: bool = False, reset: bool = False) -> None:
         """Close once buffered output is flushed; reset if the client never reads it.
@@ -524,13 +529,15 @@ class HTTPConnection(asyncio.Protocol):
             target = request.target.decode("ascii", "replace")
             version = request.http_version.decode("ascii", "replace")
         if exchange is not None:
-            self.exchange = None
-            exchange.abandon()
             if writer.head_sent:
-                # Too late for a status line: cut the response short instead.
+                # Too late for a status line: cut the response short instead. The
+                # exchange ends as usual (its task is cancelled) and logs it.
                 exchange.note(Outcome.ERROR)
+                exchange.stop()
                 self._abort()
                 return
+            self.exchange = None
+            exchange.abandon()
             seen = exchange.request
             method, target, version = seen.method, seen.target, seen.http_version
         writer.begin(head_only=method == "HEAD")
@@ -544,10 +551,18 @@ class HTTPConnection(asyncio.Protocol):
         self.ctx.record_response(
             self.client, method, target, version, status, size, 0.0, Outcome.ERROR
         )
-        # Lingering close: shut our write side, drop what the client still sends.
+        self._linger()
+
+    def _linger(self) -> None:
+        """Lingering close: shut our write side, drop what the client still sends.
+
+        Closing a socket with unread input makes the kernel send a reset, which
+        can destroy the response the client has not read yet (RFC 9112 §9.6).
+        """
+        assert self.writer is not None and self.flow is not None
         self.state = ConnState.DRAINING
-        if not writer.shut_write():
-            writer.close()
+        if not self.writer.shut_write():
+            self._close()
             return
         self.flow.resume_all_reading()
         self._drained = 0
