@@ -186,7 +186,7 @@ async def test_shutdown_sends_the_last_event_and_ends_cleanly() -> None:
 
 
 async def test_client_closing_is_noticed_even_when_the_producer_is_idle() -> None:
-    """A FIN is probed with a ping at once, so EventSource.close() stops the producer."""
+    """A FIN ends the stream at once, so EventSource.close() stops an idle producer."""
     gate = Gate()
 
     async def handler(request: Request) -> EventSourceResponse:
