@@ -119,6 +119,16 @@ def response_ended(
     if not conn.ctx.config.access_log or not access_logger.isEnabledFor(logging.INFO):
         return
     host = conn.client[0] if conn.client else "-"
+    # The fields again, structured, for the JSON log format (tinystream/_logging.py).
+    fields = {
+        "method": method,
+        "target": target,
+        "status": status,
+        "bytes": size,
+        "duration": round(duration, 6),
+        "outcome": outcome,
+        "client": host,
+    }
     access_logger.info(
         '%s "%s %s HTTP/%s" %d %d %.1fms %s',
         host,
@@ -129,4 +139,5 @@ def response_ended(
         size,
         duration * 1000,
         outcome,
+        extra=fields,
     )
