@@ -248,13 +248,20 @@ class _MemoryBackend:
             subscription.deliver(number, message)
         return message.id or ""
 
-    def subscribe(self, subscription: Subscription, last_event_id: str | None) -> None:
+    def subscribe(
+        self, subscription: Subscription, last_event_id: str | None, history: int
+    ) -> None:
         channel = self._channel(subscription.channel)
         self._expire(channel)
         newest = channel.next_id - 1
         channel.subscribers.add(subscription)
         if last_event_id is None:
-            subscription.mark(newest, str(newest))
+            recent = list(channel.events)[-history:] if history else []
+            if not recent:
+                subscription.mark(newest, str(newest))
+                return
+            subscription.start_after(None)
+            subscription.replay([(number, message) for number, _, message in recent])
             return
         try:
             after = int(last_event_id)
@@ -359,7 +366,9 @@ class _RedisBackend:
             raise self._unavailable(exc) from exc
         return entry_id
 
-    def subscribe(self, subscription: Subscription, last_event_id: str | None) -> None:
+    def subscribe(
+        self, subscription: Subscription, last_event_id: str | None, history: int
+    ) -> None:
         name = subscription.channel
         channel = self._channels.get(name)
         if channel is None:
@@ -372,7 +381,7 @@ class _RedisBackend:
 
         async def start() -> None:
             try:
-                await self._start(subscription, channel, last_event_id, registered_at)
+                await self._start(subscription, channel, last_event_id, registered_at, history)
             except BroadcastUnavailable:
                 subscription.end("unavailable")
             finally:
@@ -386,10 +395,24 @@ class _RedisBackend:
         channel: _RedisChannel,
         last: str | None,
         registered_at: str | None,
+        history: int = 0,
     ) -> None:
         started_at = await asyncio.shield(channel.ready)  # where the reader started
         # Entries fanned out after the registration are exactly those after this id.
         position = registered_at or started_at
+        if last is None and history:
+            try:
+                recent = await self._connection().xrevrange(
+                    self._key(subscription.channel), max=position, min="-", count=history
+                )
+            except self._errors as exc:
+                raise self._unavailable(exc) from exc
+            if recent:
+                subscription.start_after(None)
+                subscription.replay(
+                    [(_redis_key(i), self._event(i, f)) for i, f in reversed(recent)]
+                )
+                return
         if last is None:
             subscription.mark(_redis_key(position), position)
             return
@@ -561,17 +584,25 @@ class Broadcast:
         ServerSentEvent(data=data, event=event)  # refuse what could not be sent, early
         return await self._backend.publish(channel, data, event)
 
-    def subscribe(self, channel: str, last_event_id: str | None = None) -> Subscription:
+    def subscribe(
+        self, channel: str, last_event_id: str | None = None, *, history: int = 0
+    ) -> Subscription:
         """Events of ``channel`` from now on; after ``last_event_id`` first, if given.
 
         Registered at once: nothing published after this call is missed. Must be
         called with an event loop running (inside a handler).
+
+        Args:
+            history: with ``last_event_id=None`` (a new page), replay up to this
+                many of the latest retained events first (a chat's last messages).
         """
+        if isinstance(history, bool) or not isinstance(history, int) or history < 0:
+            raise ValueError(f"history must be an int >= 0, got {history!r}")
         if self._closed:
             raise RuntimeError("this Broadcast is closed")
         subscription = Subscription(channel, self.queue_size, self._unsubscribe)
         self._subscriptions.add(subscription)
-        self._backend.subscribe(subscription, last_event_id)
+        self._backend.subscribe(subscription, last_event_id, history)
         return subscription
 
     def _unsubscribe(self, subscription: Subscription) -> None:
