@@ -56,8 +56,8 @@ RETENTION = 1000  # events
 #: Events a subscriber may fall behind before its stream is ended.
 QUEUE_SIZE = 1000  # events
 #: A Redis reader blocks this long per XREAD, then checks whether it should stop.
-#: Short, because redis-py 8 takes seconds to cancel a long blocking read
-#: (../shared/NOTES.md): a stop flag checked this often is faster and cleaner.
+#: Short, because redis-py 8.x takes seconds to finish a blocking read after it is
+#: cancelled (7.4 took milliseconds): a stop flag checked this often is faster and cleaner.
 REDIS_BLOCK = 250  # milliseconds
 
 Key = Any  # a comparable form of an event id: int (memory) or (ms, seq) (Redis)
@@ -454,7 +454,7 @@ class _RedisBackend:
             return False  # older Redis: MAXLEN cannot have trimmed a shorter stream
         # Something was trimmed. The entries after `wanted` are all still here only
         # if `wanted` is at least the first one; the ids of trimmed entries are not
-        # kept (max-deleted-entry-id stays 0-0 after MAXLEN, ../shared/NOTES.md),
+        # kept (Redis 7: max-deleted-entry-id can stay 0-0 after MAXLEN trimming),
         # so an id older than the first entry cannot be vouched for.
         first_entry = info.get("first-entry")
         return first_entry is None or wanted < _redis_key(first_entry[0])
@@ -507,7 +507,7 @@ class _RedisBackend:
         self._closed = True
         readers = [c.reader for c in self._channels.values() if c.reader is not None]
         # Closing the client ends a reader's blocked XREAD at once (cancelling it
-        # would take redis-py 8 seconds, see ../shared/NOTES.md).
+        # would take redis-py 8.x seconds, see REDIS_BLOCK).
         if self._client is not None:
             await self._discard(self._client)
             self._client = None
