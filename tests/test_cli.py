@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -92,6 +93,7 @@ async def serving(
         stderr=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,  # so a failing test can kill the workers too
     )
     assert process.stderr is not None
     try:
@@ -101,9 +103,11 @@ async def serving(
         assert TIMESTAMP.match(line.decode()), line  # every line starts with its time
         yield process, match.group(1).decode(), int(match.group(2))
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        # The whole group: workers left behind would hold stderr open, and wait()
+        # waits for the pipes to close too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
 
 
 async def get(port: int, path: str = "/") -> bytes:
@@ -403,13 +407,15 @@ async def test_worker_lines_carry_the_worker_and_a_kill_is_named(app_dir: Path) 
         _,
         port,
     ):
-        pid = int(await get(port))
+        pid = int(await asyncio.wait_for(get(port), TIMEOUT))
         access = await read_until(process, b'"GET / HTTP/1.1" 200')
         assert re.search(rb"INFO +\[worker [12]\] 127\.0\.0\.1 ", access), access
         os.kill(pid, signal.SIGKILL)
         line = await read_until(process, b"restarting")
         assert f"(pid {pid}) killed by SIGKILL; restarting it".encode() in line, line
-        assert int(await get(port)) != pid  # still served, by the others and the new one
+        assert (
+            int(await asyncio.wait_for(get(port), TIMEOUT)) != pid
+        )  # still served, by the others and the new one
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), TIMEOUT) == 0
 

@@ -343,38 +343,54 @@ def _supervise(handler: Any, sock: socket.socket, workers: int, options: dict[st
     """
     children: dict[int, int] = {}  # pid -> worker number
     ready_read, ready_write = os.pipe()
+    stopping = 0  # SIGINT/SIGTERM received
 
     def spawn(number: int) -> None:
+        # Signals wait while we fork: the parent's handler must see the new pid in
+        # `children`, and the child must not run the parent's handler, inherited
+        # (a SIGTERM would be lost there and the worker would serve on forever).
+        stop_signals = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+        if stopping:  # a signal came while we decided to restart: no new worker
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+            return
         pid = os.fork()
-        if pid == 0:
-            os.close(ready_read)
-            _logging.set_worker(number)
-            # A terminal's Ctrl-C reaches the whole process group; only the parent
-            # acts on it (it sends us SIGTERM), or one keypress would count twice.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if pid:
+            children[pid] = number
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+            return
+        # The worker:
+        os.close(ready_read)
+        _logging.set_worker(number)
+        # A terminal's Ctrl-C reaches the whole process group; only the parent
+        # acts on it (it sends us SIGTERM), or one keypress would count twice.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Until asyncio installs the graceful handler, SIGTERM ends the worker
+        # at once: it has nothing to drain yet.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
 
-            def report_ready(server: Server) -> None:
-                logger.debug("worker %d (pid %d) listening", number, os.getpid())
-                os.write(ready_write, b"!")
+        def report_ready(server: Server) -> None:
+            logger.debug("worker %d (pid %d) listening", number, os.getpid())
+            os.write(ready_write, b"!")
 
-            code = 0
-            try:
-                asyncio.run(
-                    _run_until_signal(
-                        handler,
-                        "",
-                        0,
-                        {**options, "sock": sock},
-                        signals=(signal.SIGTERM,),
-                        on_ready=report_ready,
-                    )
+        code = 0
+        try:
+            asyncio.run(
+                _run_until_signal(
+                    handler,
+                    "",
+                    0,
+                    {**options, "sock": sock},
+                    signals=(signal.SIGTERM,),
+                    on_ready=report_ready,
                 )
-            except BaseException:
-                logger.exception("worker %d failed", number)
-                code = 1
-            finally:
-                os._exit(code)
-        children[pid] = number
+            )
+        except BaseException:
+            logger.exception("worker %d failed", number)
+            code = 1
+        finally:
+            os._exit(code)
 
     for number in range(1, workers + 1):
         spawn(number)
@@ -402,7 +418,6 @@ def _supervise(handler: Any, sock: socket.socket, workers: int, options: dict[st
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     logger.info("tinystream listening on %s://%s:%d (%d workers)", scheme, shown, port, workers)
-    stopping = 0
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
