@@ -4,6 +4,7 @@ Run it:   python -m tinystream examples.demo:app
 Open http://127.0.0.1:8000/ in a few tabs: a live clock and a small chat, both over
 one Server-Sent Events stream per tab. Then try:
   curl -N http://127.0.0.1:8000/events         the page's event stream, as it happens
+  curl -N http://127.0.0.1:8000/chat/events    the chat alone
   curl -N http://127.0.0.1:8000/clock          a plain chunked stream, one line a second
   curl -N http://127.0.0.1:8000/count?n=5      a sync generator, run in a worker thread
   curl -T big.iso http://127.0.0.1:8000/upload a streamed upload, counted as it arrives
@@ -196,6 +197,13 @@ def make_app(selftest: SelfTest | None = None, broadcast_url: str | None = None)
         # On shutdown the stream ends by itself with a "shutdown" event carrying a
         # retry hint: browsers come back 2 s later, to the restarted server.
         return EventSourceResponse(page_events(messages), shutdown_retry=SHUTDOWN_RETRY)
+
+    @app.get("/chat/events")
+    async def chat_events(request: Request) -> EventSourceResponse:
+        # The chat alone (for curl and scripts; the page uses /events): replay after
+        # Last-Event-ID, then live; "resync" if that id is gone.
+        messages = chat.subscribe("chat", last_event_id=request.last_event_id)
+        return EventSourceResponse(messages, shutdown_retry=SHUTDOWN_RETRY)
 
     @app.post("/chat")
     async def chat_post(request: Request) -> JSONResponse:
