@@ -177,6 +177,23 @@ async def test_a_client_dropped_before_its_first_event_resumes_without_loss(url:
                 await events.aclose()
 
 
+async def test_history_gives_a_new_subscriber_the_latest_events_then_live(url: str) -> None:
+    """``history=N`` (a chat page opened for the first time): the last N retained
+    events, then live ones, no gap, no duplicate; the ids let the page resume."""
+    channel = uuid.uuid4().hex
+    async with Broadcast(url, retention=4) as broadcast:
+        empty = broadcast.subscribe(channel, history=3)
+        ids = [await broadcast.publish(channel, f"m{i}") for i in range(6)]
+        assert [e.id for e in await take(empty, 6)] == ids  # nothing retained yet: live only
+        recent = broadcast.subscribe(channel, history=3)
+        ids.append(await broadcast.publish(channel, "m6"))  # during the replay
+        assert [e.data for e in await take(recent, 4)] == ["m3", "m4", "m5", "m6"]
+        everything = broadcast.subscribe(channel, history=100)  # bounded by the retention
+        assert [e.data for e in await take(everything, 4)] == ["m3", "m4", "m5", "m6"]
+        with pytest.raises(ValueError, match="history must be an int >= 0"):
+            broadcast.subscribe(channel, history=-1)
+
+
 async def test_replay_after_last_event_id_then_live_without_gap_or_duplicate(url: str) -> None:
     channel = uuid.uuid4().hex
     async with Broadcast(url) as broadcast:

@@ -32,7 +32,8 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    # See ../shared/NOTES.md: a cached page would keep its EventSource open.
+    # Chromium keeps a page's EventSource open in its back/forward cache after
+    # navigating away, holding one of the six connections per host.
     "--disable-back-forward-cache",
 ]
 
@@ -94,7 +95,7 @@ async def test_demo_page_resumes_the_chat_after_a_server_restart(tmp_path: Path)
     resumed: asyncio.Queue[str | None] = asyncio.Queue()
 
     async def handler(request: Request) -> object:
-        if request.path == "/chat/events":
+        if request.path == "/events":
             resumed.put_nowait(request.last_event_id)
         return await app(request)
 
@@ -105,18 +106,40 @@ async def test_demo_page_resumes_the_chat_after_a_server_restart(tmp_path: Path)
         async with open_in_chromium(f"http://127.0.0.1:{port}/", tmp_path):
             # a fresh page
             assert await asyncio.wait_for(resumed.get(), BROWSER_TIMEOUT) is None
-            await first.wait_stats(lambda s: s.streams == 2, BROWSER_TIMEOUT)  # clock and chat
+            await first.wait_stats(lambda s: s.streams == 1, BROWSER_TIMEOUT)  # clock and chat
             conn = await ClientConnection.open("127.0.0.1", port)
             for text in ("one", "two", "three"):
                 assert (await conn.request("POST", "/chat", body=text.encode())).status == 200
             await conn.close()
-            await first.close()  # both streams end with a "shutdown" event, retry 2 s
+            await first.close()  # the stream ends with a "shutdown" event, retry 2 s
             second = await start_server(handler, port=port)
             try:
                 # The page saw all three messages: it resumes after the third.
                 assert await asyncio.wait_for(resumed.get(), BROWSER_TIMEOUT) == "3"
-                await second.wait_stats(lambda s: s.streams == 2, BROWSER_TIMEOUT)
+                await second.wait_stats(lambda s: s.streams == 1, BROWSER_TIMEOUT)
             finally:
                 await second.close()
     finally:
         await first.close()  # safe to call again
+
+
+async def test_four_pages_of_the_demo_each_get_their_stream(tmp_path: Path) -> None:
+    """Two EventSources per page used eight of a host's six HTTP/1.1 connections
+    at four tabs: the fourth page got nothing. One per page leaves room."""
+    app = make_app()
+    opened: asyncio.Queue[None] = asyncio.Queue()
+
+    async def handler(request: Request) -> object:
+        if request.path == "/events":
+            opened.put_nowait(None)
+        return await app(request)
+
+    async with (
+        serve_for_test(handler) as client,
+        open_in_chromium(f"http://127.0.0.1:{client.port}/tabs", tmp_path),
+    ):
+        for _ in range(4):
+            await asyncio.wait_for(opened.get(), BROWSER_TIMEOUT)
+        await client.server.wait_stats(lambda s: s.streams == 4, BROWSER_TIMEOUT)
+        # The server answers other requests meanwhile.
+        assert (await client.get("/")).status == 200

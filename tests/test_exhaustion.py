@@ -55,7 +55,9 @@ async def test_descriptor_exhaustion_logs_once_and_recovers(tmp_path: Path) -> N
                 return line
 
     try:
-        port = int(re.search(rb":(\d+)", await read_until(b"listening on")).group(1))  # type: ignore[union-attr]
+        port = int(
+            re.search(rb"listening on \S+:(\d+)", await read_until(b"listening on")).group(1)
+        )  # type: ignore[union-attr]
         clients = [await request_once(port) for _ in range(CONNECTIONS)]
         await read_until(b"cannot accept new connections")
         # Connections accepted before the limit are served meanwhile; each client

@@ -168,6 +168,26 @@ async def test_static_files_serve_and_refuse_traversal(site: Path) -> None:
             assert b"do not serve" not in response.body
 
 
+async def test_static_files_mounted_as_the_readme_shows_serve_the_index(site: Path) -> None:
+    """``/static/`` is the directory itself: its index.html (it was a 404). A file
+    named with a trailing slash is a 404 (it was a 200); a directory named
+    without one is redirected to it, so the index's relative links work."""
+    router = Router()
+    router.add("/static/{path:path}", StaticFiles(site))
+    async with serve_for_test(router) as client:
+        assert (await client.get("/static/")).body == b"home"
+        assert (await client.get("/static/index.html/")).status == 404
+        assert (await client.get("/static/style.css/")).status == 404
+        moved = await client.get("/static/docs?x=1")
+        assert moved.status == 301 and moved.headers["location"] == "/static/docs/?x=1"
+        assert (await client.get("/static")).status == 404  # the route needs its slash
+    no_index = Router()
+    no_index.add("/files/{path:path}", StaticFiles(site, index=None))
+    async with serve_for_test(no_index) as client:
+        assert (await client.get("/files/")).status == 404
+        assert (await client.get("/files/docs")).status == 404
+
+
 async def test_static_files_as_the_whole_handler(site: Path) -> None:
     async with serve_for_test(StaticFiles(site)) as client:
         assert (await client.get("/")).body == b"home"

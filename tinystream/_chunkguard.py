@@ -1,6 +1,6 @@
 """Checks on the raw bytes of a chunked request body that h11 does not make.
 
-h11 0.16 (see ../shared/NOTES.md) serves chunk-size lines that strict parsers
+h11 0.16 (measured: h11 reads them without complaint) serves chunk-size lines that strict parsers
 (llhttp) refuse: nothing after ``;`` (``5;``), an unclosed quoted string in a
 chunk extension, whitespace after the size (``5 ``). Two parsers that disagree on
 where a chunk ends disagree on where the body ends, and what follows it is read

@@ -129,9 +129,20 @@ class ServerContext:
         outcomes[name] = outcomes.get(name, 0) + 1
         if not self.config.access_log or not access_logger.isEnabledFor(logging.INFO):
             return
+        host = client[0] if client else "-"
+        # The fields again, structured, for the JSON log format (tinystream/_logging.py).
+        fields = {
+            "method": method,
+            "target": target,
+            "status": status,
+            "bytes": size,
+            "duration": round(duration, 6),
+            "outcome": name,
+            "client": host,
+        }
         access_logger.info(
             '%s "%s %s HTTP/%s" %d %d %.1fms %s',
-            client[0] if client else "-",
+            host,
             method,
             target,
             version,
@@ -139,6 +150,7 @@ class ServerContext:
             size,
             duration * 1000,
             name,
+            extra=fields,
         )
 
     def response_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

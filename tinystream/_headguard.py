@@ -1,6 +1,6 @@
 """Checks on the raw bytes of a request head that h11 does not make.
 
-h11 0.16 (see ../shared/NOTES.md) holds a head to ``max_incomplete_event_size``
+h11 0.16 (measured) holds a head to ``max_incomplete_event_size``
 only while the head is incomplete, so a large head that arrives in one read slips
 past it, and it silently unfolds obs-fold continuation lines. RFC 9112 §5.2 lets a
 server refuse obs-fold with 400, and we do: folding is a classic way to smuggle a

@@ -59,8 +59,8 @@ RETENTION = 1000  # events
 #: Events a subscriber may fall behind before its stream is ended.
 QUEUE_SIZE = 1000  # events
 #: A Redis reader blocks this long per XREAD, then checks whether it should stop.
-#: Short, because redis-py 8 takes seconds to cancel a long blocking read
-#: (../shared/NOTES.md): a stop flag checked this often is faster and cleaner.
+#: Short, because redis-py 8.x takes seconds to finish a blocking read after it is
+#: cancelled (7.4 took milliseconds): a stop flag checked this often is faster and cleaner.
 REDIS_BLOCK = 250  # milliseconds
 
 Key = Any  # a comparable form of an event id: int (memory) or (ms, seq) (Redis)
@@ -292,13 +292,21 @@ class _MemoryBackend:
             subscription.deliver(number, message)
         return message.id or ""
 
-    def subscribe(self, subscription: Subscription, last_event_id: str | None) -> None:
+    def subscribe(
+        self, subscription: Subscription, last_event_id: str | None, history: int
+    ) -> None:
         channel = self._channel(subscription.channel)
         self._expire(channel)
         newest = channel.next_id - 1
         channel.subscribers.add(subscription)
         if last_event_id is None:
-            subscription.mark(newest, str(newest))
+            recent = list(channel.events)[-history:] if history else []
+            if not recent:
+                subscription.mark(newest, str(newest))
+                return
+            # The history's events carry their ids: no position needs sending.
+            subscription.start_after(None, str(newest))
+            subscription.replay([(number, message) for number, _, message in recent])
             return
         try:
             after = int(last_event_id)
@@ -403,7 +411,9 @@ class _RedisBackend:
             raise self._unavailable(exc) from exc
         return entry_id
 
-    def subscribe(self, subscription: Subscription, last_event_id: str | None) -> None:
+    def subscribe(
+        self, subscription: Subscription, last_event_id: str | None, history: int
+    ) -> None:
         name = subscription.channel
         channel = self._channels.get(name)
         if channel is None:
@@ -416,7 +426,7 @@ class _RedisBackend:
 
         async def start() -> None:
             try:
-                await self._start(subscription, channel, last_event_id, registered_at)
+                await self._start(subscription, channel, last_event_id, registered_at, history)
             except BroadcastUnavailable:
                 subscription.end("unavailable")
             finally:
@@ -430,10 +440,25 @@ class _RedisBackend:
         channel: _RedisChannel,
         last: str | None,
         registered_at: str | None,
+        history: int = 0,
     ) -> None:
         started_at = await asyncio.shield(channel.ready)  # where the reader started
         # Entries fanned out after the registration are exactly those after this id.
         position = registered_at or started_at
+        if last is None and history:
+            try:
+                recent = await self._connection().xrevrange(
+                    self._key(subscription.channel), max=position, min="-", count=history
+                )
+            except self._errors as exc:
+                raise self._unavailable(exc) from exc
+            if recent:
+                # The history's events carry their ids: no position needs sending.
+                subscription.start_after(None, recent[0][0])
+                subscription.replay(
+                    [(_redis_key(i), self._event(i, f)) for i, f in reversed(recent)]
+                )
+                return
         if last is None:
             subscription.mark(_redis_key(position), position)
             return
@@ -475,7 +500,7 @@ class _RedisBackend:
             return False  # older Redis: MAXLEN cannot have trimmed a shorter stream
         # Something was trimmed. The entries after `wanted` are all still here only
         # if `wanted` is at least the first one; the ids of trimmed entries are not
-        # kept (max-deleted-entry-id stays 0-0 after MAXLEN, ../shared/NOTES.md),
+        # kept (Redis 7: max-deleted-entry-id can stay 0-0 after MAXLEN trimming),
         # so an id older than the first entry cannot be vouched for.
         first_entry = info.get("first-entry")
         return first_entry is None or wanted < _redis_key(first_entry[0])
@@ -528,7 +553,7 @@ class _RedisBackend:
         self._closed = True
         readers = [c.reader for c in self._channels.values() if c.reader is not None]
         # Closing the client ends a reader's blocked XREAD at once (cancelling it
-        # would take redis-py 8 seconds, see ../shared/NOTES.md).
+        # would take redis-py 8.x seconds, see REDIS_BLOCK).
         if self._client is not None:
             await self._discard(self._client)
             self._client = None
@@ -605,7 +630,9 @@ class Broadcast:
         ServerSentEvent(data=data, event=event)  # refuse what could not be sent, early
         return await self._backend.publish(channel, data, event)
 
-    def subscribe(self, channel: str, last_event_id: str | None = None) -> Subscription:
+    def subscribe(
+        self, channel: str, last_event_id: str | None = None, *, history: int = 0
+    ) -> Subscription:
         """Events of ``channel`` from now on; after ``last_event_id`` first, if given.
 
         Registered at once: nothing published after this call is missed. Must be
@@ -615,6 +642,8 @@ class Broadcast:
             channel: the channel's name.
             last_event_id: the client's ``Last-Event-ID`` (``request.last_event_id``);
                 None for live events only.
+            history: with ``last_event_id=None`` (a new page), replay up to this
+                many of the latest retained events first (a chat's last messages).
 
         Returns:
             A :class:`Subscription`: pass it to :class:`~tinystream.EventSourceResponse`,
@@ -623,11 +652,13 @@ class Broadcast:
         Raises:
             RuntimeError: the broadcast is closed, or no event loop is running.
         """
+        if isinstance(history, bool) or not isinstance(history, int) or history < 0:
+            raise ValueError(f"history must be an int >= 0, got {history!r}")
         if self._closed:
             raise RuntimeError("this Broadcast is closed")
         subscription = Subscription(channel, self.queue_size, self._unsubscribe)
         self._subscriptions.add(subscription)
-        self._backend.subscribe(subscription, last_event_id)
+        self._backend.subscribe(subscription, last_event_id, history)
         return subscription
 
     def _unsubscribe(self, subscription: Subscription) -> None:

@@ -227,6 +227,10 @@ def content_disposition(filename: str) -> bytes:
     return value.encode("ascii")
 
 
+class _DirectoryWithoutSlash(Exception):
+    """``resolve()`` found a directory named without its trailing slash."""
+
+
 class StaticFiles:
     """A handler serving the files under one directory.
 
@@ -235,7 +239,9 @@ class StaticFiles:
     whole handler (the request path is then the file path). Anything that would
     leave the directory - ``..`` segments (also percent-encoded: the path is
     decoded first), absolute paths, NUL bytes, symlinks pointing outside - is a
-    404, as is a missing file. A directory serves its ``index`` file.
+    404, as is a missing file. A directory serves its ``index`` file
+    (``/static/`` gives ``index.html``); named without its trailing slash, it is
+    redirected (301) to the URL with one, so the index's relative links work.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, index: str | None = "index.html"):
@@ -248,7 +254,10 @@ class StaticFiles:
         """The real path of the file to serve (blocking: it looks at the disk).
 
         Raises:
-            HTTPError: 404 for anything outside the directory, or not a file.
+            HTTPError: 404 for anything outside the directory, or not a file
+                (``"file.html/"`` included).
+            _DirectoryWithoutSlash: a directory without its trailing slash (the
+                caller redirects to the URL with it).
         """
         if "\0" in relative or "\\" in relative or os.path.isabs(relative):
             raise HTTPError(404)
@@ -257,14 +266,26 @@ class StaticFiles:
         candidate = os.path.realpath(os.path.join(self.root, relative))
         if os.path.commonpath([candidate, self.root]) != self.root:
             raise HTTPError(404)  # a symlink that leads out of the directory
-        if os.path.isdir(candidate) and self.index is not None:
+        if os.path.isdir(candidate):
+            if self.index is None:
+                raise HTTPError(404)
+            if relative and not relative.endswith("/"):
+                # The index's relative links resolve against the URL: give it its
+                # trailing slash first (as nginx, Apache and Go's FileServer do).
+                raise _DirectoryWithoutSlash(relative)
             candidate = os.path.join(candidate, self.index)
+        elif relative.endswith("/"):
+            raise HTTPError(404)  # "file.html/" names a directory that is not there
         if not os.path.isfile(candidate):
             raise HTTPError(404)
         return candidate
 
-    async def __call__(self, request: Any) -> FileResponse:
+    async def __call__(self, request: Any) -> Response | FileResponse:
         relative = request.path_params.get("path", request.path.lstrip("/"))
         if request.method not in ("GET", "HEAD"):
             raise HTTPError(405, headers={"Allow": "GET, HEAD"})
-        return FileResponse(await shared_pool().run(self.resolve, relative))
+        try:
+            return FileResponse(await shared_pool().run(self.resolve, relative))
+        except _DirectoryWithoutSlash:
+            location = quote(request.path + "/") + (f"?{request.query}" if request.query else "")
+            return Response(status=301, headers={"Location": location})

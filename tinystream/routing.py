@@ -15,7 +15,8 @@ from .responses import Response, StreamingResponse
 __all__ = ["Router"]
 
 RouteHandler = Callable[[Request], Awaitable[Any] | Any]
-# {name} matches one path segment; {name:path} matches the rest of the path.
+# {name} matches one path segment; {name:path} matches the rest of the path, which
+# may be empty (as in Starlette): "/static/{path:path}" matches "/static/" too.
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::(path))?\}")
 
 
@@ -34,7 +35,7 @@ def _compile(pattern: str) -> re.Pattern[str] | None:
         if name in names:
             raise ValueError(f"route {pattern!r} uses parameter {name!r} twice")
         names.add(name)
-        parts.append(f"(?P<{name}>.+)" if kind == "path" else f"(?P<{name}>[^/]+)")
+        parts.append(f"(?P<{name}>.*)" if kind == "path" else f"(?P<{name}>[^/]+)")
         position = match.end()
     rest = pattern[position:]
     if "{" in rest or "}" in rest or any("{" in p or "}" in p for p in parts[::2]):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -22,11 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from . import _logging
 from .asgi import ASGIHandler, is_asgi_app
 from .config import Config
 from .server import Handler, HTTPConnection, ServerContext
 
-__all__ = ["Server", "ServerStats", "run", "serve", "start_server"]
+__all__ = ["CertificateError", "Server", "ServerStats", "run", "serve", "start_server"]
 
 logger = logging.getLogger("tinystream")
 
@@ -113,12 +115,17 @@ class Server:
         url: str,
         port: int | None,
         asgi: ASGIHandler | None = None,
+        unix_path: str | None = None,
     ) -> None:
         self._ctx = ctx
         self._server = server
         self.url = url
         self.port = port
         self._asgi = asgi  # its lifespan shutdown runs after the last connection ended
+        # The Unix socket file we created, and its identity, so that close()
+        # removes it - but never a file another server has put there since.
+        self._unix_path = unix_path
+        self._unix_identity = _identity(unix_path) if unix_path is not None else None
         self._closing: asyncio.Task[None] | None = None
         self._accept_filter = _AcceptErrorFilter(ctx.loop, [s.fileno() for s in server.sockets])
         ctx.loop.set_exception_handler(self._accept_filter)
@@ -200,6 +207,8 @@ class Server:
             await asyncio.wait(list(ctx.tasks), timeout=CLEANUP_TIMEOUT)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), CLEANUP_TIMEOUT)
+        if self._unix_path is not None:
+            remove_unix_socket(self._unix_path, self._unix_identity)
         if self._asgi is not None:
             await self._asgi.shutdown(ctx.config.graceful_timeout)
 
@@ -243,18 +252,46 @@ def _make_config(config: Config | None, options: dict[str, Any]) -> Config:
     return Config(**options)
 
 
-def _ssl_context(
+def ssl_context(
     ssl: ssl_module.SSLContext | None, certfile: str | None, keyfile: str | None
 ) -> ssl_module.SSLContext | None:
+    """The TLS context to serve with: ``ssl`` as given, or one made from the files.
+
+    Raises:
+        CertificateError: a file is missing, unreadable or not a usable PEM pair.
+        ValueError: ``keyfile`` without ``certfile``.
+    """
     if ssl is not None:
         return ssl
     if certfile is None:
         if keyfile is not None:
             raise ValueError("keyfile given without certfile")
         return None
+    # OpenSSL's errors name neither the file nor the problem in words ("[Errno 2]
+    # No such file or directory", "[SSL] PEM lib"): check readability first.
+    for kind, path in (("certificate", certfile), ("key", keyfile)):
+        if path is not None:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise CertificateError(
+                    f"cannot read {kind} file {path!r}: {exc.strerror}"
+                ) from None
     context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certfile, keyfile)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except ssl_module.SSLError as exc:
+        files = repr(certfile) if keyfile is None else f"{certfile!r} with key {keyfile!r}"
+        reason = (exc.reason or "").replace("_", " ").lower()
+        if reason in ("", "pem lib"):  # OpenSSL's word for "could not parse it"
+            reason = "not a PEM certificate chain with its private key"
+        raise CertificateError(f"cannot use certificate {files}: {reason}") from None
     return context
+
+
+class CertificateError(ValueError):
+    """A certificate or key file is missing, unreadable or not a usable PEM pair."""
 
 
 async def start_server(
@@ -281,7 +318,9 @@ async def start_server(
             in a worker thread), or a :class:`~tinystream.Router`, or an ASGI 3
             application (``app(scope, receive, send)``: FastAPI, Starlette ...).
         host, port: where to listen; ``port=0`` picks a free port (see ``.port``).
-        uds: listen on this Unix socket path instead (a stale socket file is replaced).
+        uds: listen on this Unix socket path instead. A socket file left by a server
+            that is gone is replaced; one a live server listens on is refused
+            (``OSError`` EADDRINUSE). The file is removed when the server closes.
         sock: listen on this already-bound socket instead.
         ssl / certfile, keyfile: serve HTTPS.
         reuse_port: set ``SO_REUSEPORT`` (several processes on one port).
@@ -295,8 +334,8 @@ async def start_server(
 
     Raises:
         TypeError: an unknown option, or a handler that is not callable.
-        ValueError: a bad option value.
-        OSError: the address cannot be bound.
+        ValueError: a bad option value (:class:`CertificateError` for TLS files).
+        OSError: the address cannot be bound (``socket.gaierror``: unknown host).
         LifespanFailed: the ASGI app's lifespan startup failed (its message).
     """
     if not callable(handler):
@@ -308,7 +347,7 @@ async def start_server(
         handler = asgi = ASGIHandler(cast(Any, handler), root_path=root_path, lifespan=lifespan)
     cfg = _make_config(config, options)
     ctx = ServerContext(handler, cfg)
-    context = _ssl_context(ssl, certfile, keyfile)
+    context = ssl_context(ssl, certfile, keyfile)
     scheme = "https" if context else "http"
 
     def factory() -> HTTPConnection:
@@ -317,7 +356,7 @@ async def start_server(
     loop = asyncio.get_running_loop()
     server: asyncio.Server
     if uds is not None:
-        _remove_stale_socket(uds)
+        remove_stale_unix_socket(uds)
         server = await loop.create_unix_server(
             factory,
             uds,
@@ -327,7 +366,7 @@ async def start_server(
             start_serving=False,
         )
         await _start_serving(server, asgi, scheme, (uds, None))
-        return Server(ctx, server, f"unix:{uds}", None, asgi)
+        return Server(ctx, server, f"unix:{uds}", None, asgi, unix_path=uds)
     # asyncio calls connection_made only after a TLS handshake, so our header
     # deadline would not cover a client that never finishes one: bound it here.
     handshake = cfg.header_timeout if context is not None else None
@@ -352,6 +391,9 @@ async def start_server(
             start_serving=False,
         )
     bound = server.sockets[0].getsockname()
+    if isinstance(bound, str):  # sock= was a Unix socket (the CLI binds it once, then forks)
+        await _start_serving(server, asgi, scheme, (bound, None))
+        return Server(ctx, server, f"unix:{bound}", None, asgi)
     await _start_serving(server, asgi, scheme, (str(bound[0]), int(bound[1])))
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     return Server(ctx, server, f"{scheme}://{shown}:{bound[1]}", int(bound[1]), asgi)
@@ -376,16 +418,76 @@ async def _start_serving(
     await server.start_serving()
 
 
-def _remove_stale_socket(path: str) -> None:
-    # A socket file left by a previous run would make bind() fail; anything else
-    # at that path is the user's file, never ours to delete.
+def remove_stale_unix_socket(path: str) -> None:
+    """Make way for a Unix socket at ``path``: remove a socket file nobody listens on.
+
+    Raises:
+        OSError: EADDRINUSE if a server is listening on ``path`` (taking its place
+            would leave it unreachable); ``ValueError`` if ``path`` is not a socket
+            (the user's file, never ours to delete).
+    """
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
         raise ValueError(f"{path!r} exists and is not a socket")
-    os.unlink(path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass  # nobody listens: a file left behind by a server that is gone
+    else:
+        raise OSError(errno.EADDRINUSE, f"a server is listening on {path!r}")
+    finally:
+        probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def bind_socket(host: str, port: int, uds: str | None = None) -> socket.socket:
+    """A listening socket, bound once, for processes that share it (``--workers``,
+    ``--reload``): the kernel refuses an address another process listens on,
+    which ``SO_REUSEPORT`` on separate sockets would silently share with it.
+
+    Raises:
+        OSError: cannot bind (``socket.gaierror`` for an unknown host); the
+            errors of :func:`remove_stale_unix_socket` for ``uds``.
+    """
+    if uds is not None:
+        remove_stale_unix_socket(uds)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        address: Any = uds
+    else:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        # Lets a restarted server bind while its old connections sit in TIME_WAIT;
+        # unlike SO_REUSEPORT it never lets two listeners share the port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def remove_unix_socket(path: str, identity: tuple[int, int] | None) -> None:
+    """Remove the socket file we created at ``path`` (CPython 3.13 does it for
+    asyncio's servers, 3.10-3.12 leave it behind), if it is still ours."""
+    if identity is not None and _identity(path) == identity:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 async def serve(handler: Handler, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
@@ -412,9 +514,9 @@ async def serve(handler: Handler, host: str = "127.0.0.1", port: int = 8000, **k
 def run(handler: Handler, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
     """Serve in this thread until SIGINT or SIGTERM, then stop gracefully.
 
-    A second signal exits at once. Configures logging (INFO to stderr) if the
-    application has not. Must not be called with an event loop running (use
-    :func:`serve` there).
+    A second signal exits at once. Configures logging (INFO to stderr, one
+    timestamped line per record) if the application has not. Must not be called
+    with an event loop running (use :func:`serve` there).
 
     Args:
         handler, host, port, kwargs: as for :func:`start_server`.
@@ -426,7 +528,7 @@ def run(handler: Handler, host: str = "127.0.0.1", port: int = 8000, **kwargs: A
         TypeError / ValueError / OSError: as :func:`start_server`.
     """
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        _logging.configure("INFO", "text")
     asyncio.run(run_until_signal(handler, host, port, kwargs))
 
 
@@ -441,10 +543,6 @@ async def run_until_signal(
 ) -> None:
     loop = asyncio.get_running_loop()
     server = await start_server(handler, host, port, **kwargs)
-    if on_ready is None:
-        logger.info("tinystream listening on %s", server.url)
-    else:
-        on_ready(server)
     stop = asyncio.Event()
     received = 0
 
@@ -468,6 +566,12 @@ async def run_until_signal(
             installed.append(signum)
         except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
             pass
+    # Announced only now: a signal sent as soon as the line is read must find
+    # our handler, not the default action (which ends the process at once).
+    if on_ready is None:
+        logger.info("tinystream listening on %s", server.url)
+    else:
+        on_ready(server)
     try:
         await stop.wait()
         await server.close()
