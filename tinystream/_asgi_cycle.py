@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sys
 import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
@@ -65,6 +66,7 @@ class Cycle:
     __slots__ = (
         "app",
         "body_ended",
+        "body_open",
         "chunks",
         "closed",
         "consumer",
@@ -110,7 +112,9 @@ class Cycle:
         self.cycles = cycles  # the adapter's open cycles (shutdown tells them)
         self.request = request
         self.loop = asyncio.get_running_loop()
-        self.request_body: AsyncIterator[bytes] | None = request.stream()
+        # The body's stream is made on the first receive(): most apps never call it.
+        self.request_body: AsyncIterator[bytes] | None = None
+        self.body_open = True  # receive() has not returned more_body=False yet
         self.task: asyncio.Task[None] | None = None
         self.wake: asyncio.Future[None] | None = None  # the handler waits for the head
         self.status = 0  # set by http.response.start
@@ -138,22 +142,48 @@ class Cycle:
     # The handler
 
     async def respond(self) -> Response | StreamingResponse:
-        self.wake = self.loop.create_future()
-        app = self.app(self.scope, self.receive, self.send)
-        task = self.task = self.loop.create_task(cast("Coroutine[Any, Any, None]", app))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        task.add_done_callback(self._app_done)
+        self._start_app()
         try:
-            await self.wake
+            if not self._head_decided():
+                await self._wait_wake()  # until http.response.start (or the app's end)
             if self.status in _NO_BODY and not self.body_ended and self.failure is None:
-                self.wake = self.loop.create_future()
-                await self.wake  # the (empty) body must end before a fixed response
+                await self._wait_wake()  # the (empty) body must end before a fixed response
         except BaseException:
             # Cancelled: the client left (or the server stopped) before the head.
             self.close("the client disconnected")
             raise
         return self._response()
+
+    def _start_app(self) -> None:
+        app = cast("Coroutine[Any, Any, None]", self.app(self.scope, self.receive, self.send))
+        if sys.version_info >= (3, 12):
+            # The app's first step runs now, in its own task (so current_task(),
+            # anyio's cancel scopes and contextvars are as they will stay): an app
+            # that answers without waiting (a JSONResponse) is done before we look,
+            # so the handler does not suspend and the request costs no extra loop
+            # iteration. Earlier Pythons run that step on the next iteration.
+            task = asyncio.Task(app, loop=self.loop, eager_start=True)
+        else:
+            task = self.loop.create_task(app)
+        self.task = task
+        if task.done():
+            self._app_done(task)  # it answered (or failed) without waiting
+        else:
+            self.tasks.add(task)  # referenced until it ends (_app_done discards it)
+            task.add_done_callback(self._app_done)
+
+    def _head_decided(self) -> bool:
+        # A start was sent, or the answer is an error (or 503): _response() knows.
+        if self.status or self.failure is not None or self.refusal is not None:
+            return True
+        return self.task is not None and self.task.done()
+
+    async def _wait_wake(self) -> None:
+        self.wake = wake = self.loop.create_future()
+        try:
+            await wake
+        finally:
+            self.wake = None
 
     def _response(self) -> Response | StreamingResponse:
         if self.refusal is not None:
@@ -199,6 +229,7 @@ class Cycle:
             wake.set_result(None)
 
     def _app_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
         if task.cancelled():
             exc = None
             if self.closed is not None:
@@ -231,14 +262,16 @@ class Cycle:
     # The ASGI interface
 
     async def receive(self) -> dict[str, Any]:
-        if self.request_body is not None:
+        if self.body_open:
+            if self.request_body is None:
+                self.request_body = self.request.stream()
             try:
                 chunk = await self.request_body.__anext__()
             except StopAsyncIteration:
-                self.request_body = None
+                self.body_open, self.request_body = False, None
                 return {"type": "http.request", "body": b"", "more_body": False}
             except HTTPError as exc:  # 413: the body is larger than max_body_size
-                self.request_body = None
+                self.body_open, self.request_body = False, None
                 if self.head_returned:
                     self.failure = exc  # too late for a status: the response is cut
                     _resolve(self.consumer)
@@ -246,7 +279,7 @@ class Cycle:
                     self.refusal = exc
                     self._wake_handler()
             except ClientDisconnected:
-                self.request_body = None
+                self.body_open, self.request_body = False, None
             else:
                 return {"type": "http.request", "body": chunk, "more_body": True}
         elif self.closed is None and not self.done and not self.shutting_down:
