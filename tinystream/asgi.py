@@ -27,7 +27,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._asgi_cycle import ASGIProtocolError, Cycle, Scope
+from ._asgi_cycle import Cycle, Scope
+from ._asgi_errors import ASGIProtocolError
 from ._lifespan import LIFESPAN_MODES, Lifespan, LifespanFailed
 from .request import Request
 from .responses import Response, StreamingResponse
