@@ -85,6 +85,10 @@ class ASGIHandler:
         lifespan: ``"auto"``, ``"on"`` or ``"off"`` (see :mod:`tinystream._lifespan`).
     """
 
+    #: The app's own ``Server`` and ``Date`` fields, if it sends them, replace the
+    #: server's (see ``ServerContext``); the server adds those it leaves out.
+    own_server_fields = True
+
     def __init__(self, app: ASGIApp, *, root_path: str = "", lifespan: str = "auto") -> None:
         if not callable(app):
             raise TypeError(f"an ASGI application must be callable, got {app!r}")
