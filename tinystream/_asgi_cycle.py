@@ -63,6 +63,7 @@ class Cycle:
         "cycles",
         "discard",
         "done",
+        "ended_by_shutdown",
         "event_stream",
         "failure",
         "head_returned",
@@ -128,6 +129,8 @@ class Cycle:
         self.closed: str | None = None  # why every later send() raises
         self.done = False  # the response has been handed over whole, or closed
         self.told_disconnect = False
+        #: The server's shutdown ended this event stream (read by the exchange).
+        self.ended_by_shutdown = False
         self.shutting_down = shutting_down
 
     # The handler
@@ -389,6 +392,7 @@ class Cycle:
                 self.reported = True
                 raise self.failure  # logged by the core; the body is truncated
             if self.shutting_down and self.event_stream:
+                self.ended_by_shutdown = True  # the access log says "shutdown"
                 raise StopAsyncIteration  # a clean end: the browser reconnects
             task = self.task
             if task is not None and task.done() and not self.told_disconnect:
