@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tinystream import ClientDisconnected
+from tinystream._asgi_cycle import SLOT_BYTES
 from tinystream.asgi import ASGIHandler, is_asgi_app
 from tinystream.testing import serve_for_test
 
@@ -202,6 +203,44 @@ async def test_slow_client_pauses_the_app_in_send() -> None:
         await wait(record.finished)
 
 
+async def test_small_chunks_share_the_slot_but_never_more_than_slot_bytes_plus_one_chunk() -> None:
+    """Coalescing loosens "high-water plus one chunk" by exactly SLOT_BYTES: the
+    transport holds at most the high-water mark plus one pull (SLOT_BYTES plus the
+    chunk that overflowed them), and the hand-off at most the same again, with the
+    app waiting in send()."""
+    chunk = 1000  # not a divisor of SLOT_BYTES: the overflowing chunk is a real one
+    returned = 0  # body bytes whose send() returned
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        nonlocal returned
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while True:  # never awaits anything but send()
+            await send({"type": "http.response.body", "body": b"e" * chunk, "more_body": True})
+            returned += chunk
+
+    high = 16 * 1024
+    handler = ASGIHandler(app, lifespan="off")
+    async with serve_for_test(
+        handler, sock=small_buffer_listener(), write_high_water=high, write_low_water=4096
+    ) as client:
+        async with client.stream("GET", "/", recv_buffer=4096) as response:
+            stats = await client.server.wait_stats(lambda s: s.paused_writers == 1, TIMEOUT)
+            for _ in range(20):
+                await asyncio.sleep(0)  # the app gets every chance to run ahead: it cannot
+            (cycle,) = handler._cycles
+            assert 0 < cycle.queued <= SLOT_BYTES + chunk
+            assert returned <= cycle.sent  # the send() that overflowed the slot waits
+            stats = await client.server.wait_stats(lambda s: s.paused_writers == 1, TIMEOUT)
+            assert stats.buffered_bytes <= high + SLOT_BYTES + chunk
+            held = returned
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert returned == held  # paused: not one more byte was taken from the app
+            response.abort()
+
+
 async def test_client_that_stops_reading_is_cut_off_and_send_raises() -> None:
     outcome: dict[str, Any] = {}
     done = asyncio.Event()
@@ -230,7 +269,10 @@ async def test_client_that_stops_reading_is_cut_off_and_send_raises() -> None:
 # Shutdown
 
 
-async def test_shutdown_ends_three_event_streams_and_lets_plain_responses_finish() -> None:
+async def test_shutdown_ends_three_event_streams_and_lets_plain_responses_finish(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="tinystream.access")
     record = asgi_apps.reset()
     async with serve_for_test(asgi_apps.fastapi_app, graceful_timeout=3) as client:
         assert record.lifespan == ["startup"]
@@ -252,6 +294,9 @@ async def test_shutdown_ends_three_event_streams_and_lets_plain_responses_finish
             await response.read()
             assert response.complete  # a clean end: the browser reconnects
             await conn.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "tinystream.access"]
+    events = [line for line in lines if "GET /events" in line]
+    assert len(events) == 3 and all(line.endswith(" shutdown") for line in events)  # as native
 
 
 async def test_shutdown_gives_disconnect_to_receive_and_cancels_the_rest_after_the_grace() -> None:
@@ -655,6 +700,34 @@ async def test_http10_head_content_length_and_access_log(caplog: pytest.LogCaptu
     assert any('"HEAD /sized HTTP/1.1" 200 0' in line and "complete" in line for line in lines)
     assert any('"GET /sized HTTP/1.1" 200 10' in line for line in lines)
     assert any('"GET /busy HTTP/1.0" 200' in line and "client_gone" in line for line in lines)
+
+
+async def test_the_apps_own_server_and_date_fields_win() -> None:
+    """An app that sends ``Server`` or ``Date`` gets exactly its own; one that does
+    not gets the server's, as a native handler does."""
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"server", b"my-app"), (b"Date", b"Thu, 01 Jan 2099 00:00:00 GMT")]
+        if scope["path"] == "/server":
+            headers = headers[:1]
+        elif scope["path"] == "/none":
+            headers = []
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with serve_for_test(app) as client:
+        both = await client.get("/both")
+        assert both.headers.get_all("server") == ["my-app"]
+        assert both.headers.get_all("date") == ["Thu, 01 Jan 2099 00:00:00 GMT"]
+        server_only = await client.get("/server")
+        assert server_only.headers.get_all("server") == ["my-app"]
+        assert len(server_only.headers.get_all("date")) == 1
+        assert server_only.headers.get("date") != "Thu, 01 Jan 2099 00:00:00 GMT"
+        none = await client.get("/none")
+        assert none.headers.get_all("server") == ["tinystream"]
+        assert len(none.headers.get_all("date")) == 1
 
 
 async def test_websocket_upgrade_gets_501_and_one_log_line(

@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import traceback
-from collections import deque
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
+from ._asgi_errors import ASGIProtocolError, caused_by_disconnect, release_frames
+from ._asgi_head import NO_BODY, parse_start
 from .errors import ClientDisconnected, HTTPError
 from .request import Request
 from .responses import Response, StreamingResponse
 
-__all__ = ["ASGIProtocolError", "Cycle", "Message", "Scope"]
+__all__ = ["Cycle", "Message", "Scope"]
 
 logger = logging.getLogger("tinystream.error")
 
@@ -37,10 +37,6 @@ Message = Mapping[str, Any]
 #: An ASGI 3 application: ``await app(scope, receive, send)``.
 App = Callable[..., Any]
 
-# RFC 9110 §5.1 token; §5.5 field value (h11 refuses other controls too).
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_NO_BODY = frozenset({204, 304})  # RFC 9110 §15.3.5, §15.4.5
 _DISCONNECT = {"type": "http.disconnect"}
 #: Small chunks (SSE events, tokens) may share the hand-off slot up to this many
 #: bytes before a send() waits for the pull: the next pull writes them in one go
@@ -48,12 +44,6 @@ _DISCONNECT = {"type": "http.disconnect"}
 #: or larger always waits alone, so a paused transport holds back at most this
 #: much, or one chunk, beyond its high-water mark.
 SLOT_BYTES = 16 * 1024  # bytes
-
-
-class ASGIProtocolError(RuntimeError):
-    """The application broke the ASGI HTTP protocol (a second start, a body after
-    ``more_body=False``, an invalid header, a body longer or shorter than its
-    ``Content-Length`` ...). Raised from its ``send()``; the response is ended."""
 
 
 class Cycle:
@@ -65,6 +55,7 @@ class Cycle:
     __slots__ = (
         "app",
         "body_ended",
+        "body_open",
         "chunks",
         "closed",
         "consumer",
@@ -72,6 +63,7 @@ class Cycle:
         "cycles",
         "discard",
         "done",
+        "ended_by_shutdown",
         "event_stream",
         "failure",
         "head_returned",
@@ -110,7 +102,9 @@ class Cycle:
         self.cycles = cycles  # the adapter's open cycles (shutdown tells them)
         self.request = request
         self.loop = asyncio.get_running_loop()
-        self.request_body: AsyncIterator[bytes] | None = request.stream()
+        # The body's stream is made on the first receive(): most apps never call it.
+        self.request_body: AsyncIterator[bytes] | None = None
+        self.body_open = True  # receive() has not returned more_body=False yet
         self.task: asyncio.Task[None] | None = None
         self.wake: asyncio.Future[None] | None = None  # the handler waits for the head
         self.status = 0  # set by http.response.start
@@ -120,7 +114,9 @@ class Cycle:
         # HEAD, 204 and 304 responses have no body: the app's is dropped.
         self.discard = request.method == "HEAD"
         self.head_returned = False
-        self.chunks: deque[bytes] = deque()  # sent by the app, not pulled yet
+        # Sent by the app, not pulled yet. A list, not a deque: an idle stream's
+        # empty deque holds a 64-slot block (~0.6 KiB), an empty list 56 bytes.
+        self.chunks: list[bytes] = []
         self.sent = 0  # body bytes the app sent
         self.queued = 0  # bytes in ``chunks``
         self.body_ended = False  # the app sent more_body=False
@@ -133,27 +129,55 @@ class Cycle:
         self.closed: str | None = None  # why every later send() raises
         self.done = False  # the response has been handed over whole, or closed
         self.told_disconnect = False
+        #: The server's shutdown ended this event stream (read by the exchange).
+        self.ended_by_shutdown = False
         self.shutting_down = shutting_down
 
     # The handler
 
     async def respond(self) -> Response | StreamingResponse:
-        self.wake = self.loop.create_future()
-        app = self.app(self.scope, self.receive, self.send)
-        task = self.task = self.loop.create_task(cast("Coroutine[Any, Any, None]", app))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        task.add_done_callback(self._app_done)
+        self._start_app()
         try:
-            await self.wake
-            if self.status in _NO_BODY and not self.body_ended and self.failure is None:
-                self.wake = self.loop.create_future()
-                await self.wake  # the (empty) body must end before a fixed response
+            if not self._head_decided():
+                await self._wait_wake()  # until http.response.start (or the app's end)
+            if self.status in NO_BODY and not self.body_ended and self.failure is None:
+                await self._wait_wake()  # the (empty) body must end before a fixed response
         except BaseException:
             # Cancelled: the client left (or the server stopped) before the head.
             self.close("the client disconnected")
             raise
         return self._response()
+
+    def _start_app(self) -> None:
+        app = cast("Coroutine[Any, Any, None]", self.app(self.scope, self.receive, self.send))
+        if sys.version_info >= (3, 12):
+            # The app's first step runs now, in its own task (so current_task(),
+            # anyio's cancel scopes and contextvars are as they will stay): an app
+            # that answers without waiting (a JSONResponse) is done before we look,
+            # so the handler does not suspend and the request costs no extra loop
+            # iteration. Earlier Pythons run that step on the next iteration.
+            task = asyncio.Task(app, loop=self.loop, eager_start=True)
+        else:
+            task = self.loop.create_task(app)
+        self.task = task
+        if task.done():
+            self._app_done(task)  # it answered (or failed) without waiting
+        else:
+            self.tasks.add(task)  # referenced until it ends (_app_done discards it)
+            task.add_done_callback(self._app_done)
+
+    def _head_decided(self) -> bool:
+        # A start was sent, or the answer is an error (or 503): _response() knows.
+        if self.status or self.failure is not None or self.refusal is not None:
+            return True
+        return self.task is not None and self.task.done()
+
+    async def _wait_wake(self) -> None:
+        self.wake = wake = self.loop.create_future()
+        try:
+            await wake
+        finally:
+            self.wake = None
 
     def _response(self) -> Response | StreamingResponse:
         if self.refusal is not None:
@@ -170,9 +194,9 @@ class Cycle:
                 return Response("Service Unavailable\n", status=503)
             raise ASGIProtocolError("ASGI application returned without starting a response")
         self.head_returned = True
-        if self.status in _NO_BODY or (self.body_ended and not self.discard):
+        if self.status in NO_BODY or (self.body_ended and not self.discard):
             self.done = True
-        if self.status in _NO_BODY:
+        if self.status in NO_BODY:
             response = Response(b"", self.status)
             response.headers = self.headers
             return response
@@ -199,10 +223,11 @@ class Cycle:
             wake.set_result(None)
 
     def _app_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
         if task.cancelled():
             exc = None
             if self.closed is not None:
-                _release_frames(task)
+                release_frames(task)
         else:
             exc = task.exception()
         if not self.head_returned:
@@ -218,8 +243,8 @@ class Cycle:
             return
         if exc is None or (exc is self.failure and self.reported):
             return
-        if _caused_by_disconnect(exc):
-            _release_frames(task)
+        if caused_by_disconnect(exc):
+            release_frames(task)
             return
         logger.error(
             "ASGI application failed after its response for %s %s",
@@ -231,14 +256,16 @@ class Cycle:
     # The ASGI interface
 
     async def receive(self) -> dict[str, Any]:
-        if self.request_body is not None:
+        if self.body_open:
+            if self.request_body is None:
+                self.request_body = self.request.stream()
             try:
                 chunk = await self.request_body.__anext__()
             except StopAsyncIteration:
-                self.request_body = None
+                self.body_open, self.request_body = False, None
                 return {"type": "http.request", "body": b"", "more_body": False}
             except HTTPError as exc:  # 413: the body is larger than max_body_size
-                self.request_body = None
+                self.body_open, self.request_body = False, None
                 if self.head_returned:
                     self.failure = exc  # too late for a status: the response is cut
                     _resolve(self.consumer)
@@ -246,7 +273,7 @@ class Cycle:
                     self.refusal = exc
                     self._wake_handler()
             except ClientDisconnected:
-                self.request_body = None
+                self.body_open, self.request_body = False, None
             else:
                 return {"type": "http.request", "body": chunk, "more_body": True}
         elif self.closed is None and not self.done and not self.shutting_down:
@@ -272,38 +299,15 @@ class Cycle:
     def _start(self, message: Message) -> None:
         if self.status:
             self._violation("ASGI application sent http.response.start twice")
-        status = message["status"]
-        if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
-            self._violation(f"ASGI application sent an invalid status {status!r}")
-        headers: list[tuple[bytes, bytes]] = []
-        for name, value in message.get("headers", ()):
-            if not isinstance(name, bytes) or not isinstance(value, bytes):
-                name, value = bytes(name), bytes(value)  # bytearray; str raises TypeError
-            name = name.lower()
-            value = value.strip(b" \t")
-            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
-                self._violation(f"ASGI application sent an invalid header {name!r}: {value!r}")
-            if name == b"content-length":
-                if not value.isdigit() or (
-                    self.content_length is not None and int(value) != self.content_length
-                ):
-                    self._violation(f"ASGI application sent an invalid Content-Length {value!r}")
-                if status != 204:  # RFC 9110 §8.6: never on a 204
-                    self.content_length = int(value)
-                continue
-            if name == b"transfer-encoding":
-                if value.lower() != b"chunked":
-                    self._violation(f"ASGI application sent Transfer-Encoding {value!r}")
-                continue  # the framing is ours: chunked or close-delimited as the client allows
-            if name == b"content-type" and value.startswith(b"text/event-stream"):
-                self.event_stream = True
-            headers.append((name, value))
-        if status == 304 and self.content_length is not None:
-            # Allowed on a 304 (RFC 9110 §8.6), which gets no body (and no length of ours).
-            headers.append((b"content-length", b"%d" % self.content_length))
-        self.status = status
-        self.headers = headers
-        if status in _NO_BODY:
+        try:
+            head = parse_start(message)
+        except ASGIProtocolError as exc:
+            self._violation(str(exc))
+        self.status = head.status
+        self.headers = head.headers
+        self.content_length = head.content_length
+        self.event_stream = head.event_stream
+        if head.status in NO_BODY:
             self.discard = True
         self._wake_handler()
 
@@ -355,7 +359,7 @@ class Cycle:
         self.sender = sender = self.loop.create_future()
         await sender  # until the producer pulls it (or the response is closed)
 
-    def _violation(self, message: str) -> None:
+    def _violation(self, message: str) -> NoReturn:
         error = ASGIProtocolError(message)
         if self.failure is None:
             self.failure = error
@@ -377,7 +381,7 @@ class Cycle:
         while True:
             if chunks:
                 # Everything in the slot, as one write (many small events, or one chunk).
-                chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunk = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 chunks.clear()
                 self.queued = 0
                 _resolve(self.sender)
@@ -388,6 +392,7 @@ class Cycle:
                 self.reported = True
                 raise self.failure  # logged by the core; the body is truncated
             if self.shutting_down and self.event_stream:
+                self.ended_by_shutdown = True  # the access log says "shutdown"
                 raise StopAsyncIteration  # a clean end: the browser reconnects
             task = self.task
             if task is not None and task.done() and not self.told_disconnect:
@@ -434,49 +439,3 @@ class Cycle:
 def _resolve(future: asyncio.Future[None] | None) -> None:
     if future is not None and not future.done():
         future.set_result(None)
-
-
-def _release_frames(task: asyncio.Task[None]) -> None:
-    """Drop the locals of the frames in the traceback that ended ``task``.
-
-    Framework code puts context managers on the way out, and an ``__exit__`` frame
-    holds the exception it saw: traceback -> frame -> exception -> traceback, a
-    cycle that only the cyclic GC breaks, seconds later. Meanwhile it keeps alive
-    what those frames refer to - the response and its body generator, parked at
-    ``yield`` while the framework waited in ``send()``, whose ``finally`` would
-    wait for the GC too. Cleared, the generator is freed at once and asyncio's
-    finaliser closes it (its ``finally`` runs) within a loop iteration.
-    """
-    try:
-        task.result()
-    except BaseException as exc:  # the task's own outcome, read once more: nothing is swallowed
-        for error in _chain(exc):
-            if error.__traceback__ is not None:
-                traceback.clear_frames(error.__traceback__)
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and every exception it carries: causes, contexts, group members."""
-    seen: set[int] = set()
-    found: list[BaseException] = []
-    stack = [exc]
-    while stack:
-        error = stack.pop()
-        if id(error) in seen:
-            continue
-        seen.add(id(error))
-        found.append(error)
-        stack.extend(getattr(error, "exceptions", ()))
-        stack.extend(e for e in (error.__cause__, error.__context__) if e is not None)
-    return found
-
-
-def _caused_by_disconnect(exc: BaseException) -> bool:
-    """Did ``exc`` come from a send() we failed or a cancellation we made?
-
-    Starlette re-raises our OSError as its ClientDisconnect, anyio wraps it in
-    exception groups: follow causes, contexts and groups.
-    """
-    return any(
-        isinstance(error, (ClientDisconnected, asyncio.CancelledError)) for error in _chain(exc)
-    )

@@ -28,6 +28,7 @@ __all__ = ["PHRASES", "Connection", "Handler", "Outcome", "ServerContext", "date
 access_logger = logging.getLogger("tinystream.access")
 
 AnyResponse = Response | StreamingResponse
+Fields = list[tuple[bytes, bytes]]
 Handler = Callable[[Request], Awaitable[AnyResponse] | AnyResponse]
 
 PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
@@ -102,6 +103,16 @@ class ServerContext:
         if config.server_header:
             base.append((b"server", config.server_header.encode("latin-1")))
         self.base_headers = base
+        #: A response's fields plus ``Date``, ``Server`` and (stopping) ``Connection:
+        #: close``. A handler whose class sets ``own_server_fields`` (the ASGI
+        #: adapter: an app may send its own ``Server`` and ``Date``, which then win)
+        #: gets the variant that looks; chosen once here, so a native handler's
+        #: responses pay nothing for it.
+        self.response_headers: Callable[[Fields], Fields] = (
+            self._fields_unless_own
+            if getattr(handler, "own_server_fields", False)
+            else self._fields
+        )
 
     def stats_changed(self) -> None:
         """A statistic changed: wake ``Server.wait_stats`` callers (none in production)."""
@@ -153,9 +164,24 @@ class ServerContext:
             extra=fields,
         )
 
-    def response_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """A response's fields plus ``Date``, ``Server`` and (stopping) ``Connection: close``."""
+    def _fields(self, headers: Fields) -> Fields:
         fields = [*headers, (b"date", _date.get()), *self.base_headers]
+        if self.shutting_down.is_set():
+            fields.append((b"connection", b"close"))
+        return fields
+
+    def _fields_unless_own(self, headers: Fields) -> Fields:
+        own_date = own_server = False
+        for name, _ in headers:
+            if name == b"date":
+                own_date = True
+            elif name == b"server":
+                own_server = True
+        fields = [*headers]
+        if not own_date:
+            fields.append((b"date", _date.get()))
+        if not own_server:
+            fields += self.base_headers
         if self.shutting_down.is_set():
             fields.append((b"connection", b"close"))
         return fields

@@ -303,6 +303,8 @@ class Exchange:
                 sent = await writer.pump(source, first, pending)
             if sent:
                 writer.end()
+                if getattr(response.content, "ended_by_shutdown", False):
+                    self.note(Outcome.SHUTDOWN)  # a producer that stopped for it (ASGI SSE)
             else:
                 self._client_left()
         finally:

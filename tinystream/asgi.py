@@ -27,7 +27,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._asgi_cycle import ASGIProtocolError, Cycle, Scope
+from ._asgi_cycle import Cycle, Scope
+from ._asgi_errors import ASGIProtocolError
 from ._lifespan import LIFESPAN_MODES, Lifespan, LifespanFailed
 from .request import Request
 from .responses import Response, StreamingResponse
@@ -83,6 +84,10 @@ class ASGIHandler:
             prefixed to ``path`` and ``raw_path``, as uvicorn does and Starlette expects.
         lifespan: ``"auto"``, ``"on"`` or ``"off"`` (see :mod:`tinystream._lifespan`).
     """
+
+    #: The app's own ``Server`` and ``Date`` fields, if it sends them, replace the
+    #: server's (see ``ServerContext``); the server adds those it leaves out.
+    own_server_fields = True
 
     def __init__(self, app: ASGIApp, *, root_path: str = "", lifespan: str = "auto") -> None:
         if not callable(app):
