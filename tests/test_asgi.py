@@ -170,6 +170,29 @@ async def test_receive_says_disconnect_at_once_and_send_then_raises_an_oserror(
     assert errors(caplog) == []
 
 
+async def test_a_receive_waiting_when_the_response_completes_gets_disconnect() -> None:
+    """A disconnect listener (Starlette's, or the app's own) is not left waiting."""
+    seen: dict[str, Any] = {}
+    done = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()  # the (empty) request body
+        listener = asyncio.ensure_future(receive())
+        await asyncio.sleep(0)  # the listener is waiting in receive() now
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+        seen["message"] = await asyncio.wait_for(listener, TIMEOUT)
+        done.set()
+
+    async with serve_for_test(app, lifespan="off") as client:
+        assert (await client.get("/")).body == b"ok"
+        await wait(done)
+    assert seen["message"] == {"type": "http.disconnect"}
+
+
 # Slow client
 
 

@@ -195,7 +195,10 @@ class Cycle:
             raise ASGIProtocolError("ASGI application returned without starting a response")
         self.head_returned = True
         if self.status in NO_BODY or (self.body_ended and not self.discard):
+            # The response is whole: a receive() waiting (a disconnect listener)
+            # gets http.disconnect now, as from uvicorn, instead of waiting forever.
             self.done = True
+            _resolve(self.receiver)
         if self.status in NO_BODY:
             response = Response(b"", self.status)
             response.headers = self.headers
