@@ -12,6 +12,7 @@ import asyncio
 import enum
 import inspect
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
@@ -29,6 +30,10 @@ access_logger = logging.getLogger("tinystream.access")
 
 AnyResponse = Response | StreamingResponse
 Handler = Callable[[Request], Awaitable[AnyResponse] | AnyResponse]
+
+# RFC 9110 §5.5 field-value, as h11 checks it: no NUL, no CR/LF, no leading or
+# trailing whitespace.
+_SERVER_VALUE = re.compile(rb"[^\x00\s]+(?:[ \t]+[^\x00\s]+)*")
 
 PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 
@@ -98,10 +103,15 @@ class ServerContext:
         #: Futures of ``Server.wait_stats`` callers, resolved whenever a statistic
         #: changes. Empty in production, so notifying costs one truth test.
         self.stats_waiters: list[asyncio.Future[None]] = []
-        base: list[tuple[bytes, bytes]] = []
+        base = b""
         if config.server_header:
-            base.append((b"server", config.server_header.encode("latin-1")))
-        self.base_headers = base
+            server = config.server_header.encode("latin-1")
+            if not _SERVER_VALUE.fullmatch(server):
+                raise ValueError(f"server_header is not a valid field value: {server!r}")
+            base = b"server: " + server + b"\r\n"
+        self._base_lines = base
+        self._second = -1
+        self._common_lines = b""
 
     def stats_changed(self) -> None:
         """A statistic changed: wake ``Server.wait_stats`` callers (none in production)."""
@@ -141,12 +151,17 @@ class ServerContext:
             name,
         )
 
-    def response_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """A response's fields plus ``Date``, ``Server`` and (stopping) ``Connection: close``."""
-        fields = [*headers, (b"date", _date.get()), *self.base_headers]
-        if self.shutting_down.is_set():
-            fields.append((b"connection", b"close"))
-        return fields
+    def common_field_lines(self) -> bytes:
+        """The ``Date`` and ``Server`` field lines every response carries, as bytes.
+
+        Built once a second (``Date`` has a one-second resolution), so a response
+        head costs one ``join`` for them.
+        """
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._common_lines = b"date: " + _date.get() + b"\r\n" + self._base_lines
+        return self._common_lines
 
 
 def _is_async_callable(handler: object) -> bool:

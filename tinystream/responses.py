@@ -29,6 +29,8 @@ Chunk = bytes | bytearray | memoryview | str
 # RFC 9110 §5.1 (token) and §5.5 (field value: no CR, LF or NUL).
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00\r\n]")
+# Whitespace h11 (and the writer) refuse in a field value besides CR and LF.
+_OTHER_BREAK = re.compile(r"[\x0b\x0c]")
 # Framing is ours to decide (RFC 9112 §6): a handler cannot set these.
 _FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding"})
 # Statuses whose responses never have a body (RFC 9110 §6.4.1, §15.3.5, §15.4.5).
@@ -54,6 +56,8 @@ def encode_headers(headers: HeadersArg) -> list[tuple[bytes, bytes]]:
             raise ValueError(f"invalid header name {name!r}")
         if _BAD_VALUE.search(value):
             raise ValueError(f"header {name!r} has a CR, LF or NUL in its value: {value!r}")
+        if _OTHER_BREAK.search(value):
+            raise ValueError(f"header {name!r} has a vertical tab or form feed: {value!r}")
         raw_name = name.lower().encode("ascii")
         if raw_name in _FRAMING_FIELDS:
             raise ValueError(f"header {name!r} is set by the server from the body; do not set it")
