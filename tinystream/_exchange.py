@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from typing import Any, Protocol
 
@@ -26,7 +27,6 @@ from ._eventstream import LiveEventStream
 from ._flow import FlowControl, ReadPause
 from ._producers import NOTHING, close_source, open_source, pull_first
 from ._writer import ResponseWriter, SendfileStalled
-from .datastructures import Headers
 from .errors import ClientDisconnected, HTTPError
 from .files import FileResponse
 from .request import BodyReader, Disconnect, Request
@@ -36,6 +36,9 @@ from .streams import EventSourceResponse
 __all__ = ["ConnectionPort", "Exchange"]
 
 logger = logging.getLogger("tinystream.error")
+
+#: ``asyncio.Task(..., eager_start=True)`` (3.12+) runs the first step at once.
+EAGER_START = sys.version_info >= (3, 12)
 
 
 class ConnectionPort(Protocol):
@@ -53,6 +56,7 @@ class Exchange:
 
     __slots__ = (
         "_ended",
+        "_running",
         "body",
         "body_received",
         "client",
@@ -92,7 +96,7 @@ class Exchange:
         self.request = Request(
             method,
             event.target.decode("ascii"),
-            headers=Headers.from_lowercase(list(event.headers)),
+            raw_headers=event.headers,
             http_version=event.http_version.decode("ascii"),
             client=client,
             body=self.body,
@@ -104,20 +108,27 @@ class Exchange:
         self.task: asyncio.Task[None] | None = None
         self.event_stream: LiveEventStream | None = None
         self._ended = False
+        self._running = False
         writer.begin(head_only=method == "HEAD")
 
     def start(self) -> None:
-        """Run the handler in a task, kept referenced until it ends."""
+        """Run the handler in a task, kept referenced until it ends (``run`` ends it).
+
+        Started eagerly on 3.12+: a handler that never suspends is answered before
+        this returns, yet in a real task (``current_task()``, ``asyncio.timeout()``).
+        """
         ctx = self.ctx
-        task = ctx.loop.create_task(self.run())
-        ctx.tasks.add(task)
-        task.add_done_callback(ctx.tasks.discard)
-        # A task cancelled before its first step (the client left in the same loop
-        # iteration as its request arrived) never enters ``run``: this ends it.
-        task.add_done_callback(self._task_done)
+        if EAGER_START:
+            task = asyncio.Task(self.run(), loop=ctx.loop, eager_start=True)  # type: ignore[call-arg]
+        else:
+            task = ctx.loop.create_task(self.run())
+        if task.done():
+            return  # answered already
         self.task = task
+        ctx.tasks.add(task)  # run() discards it
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.ctx.tasks.discard(task)
         self._end()
 
     def note(self, outcome: Outcome) -> None:
@@ -153,8 +164,11 @@ class Exchange:
 
     def stop(self) -> None:
         """Cancel the handler's task; its producer is closed (its ``finally`` runs)."""
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+            if not self._running:  # cancelled before its first step: ``run`` never starts
+                task.add_done_callback(self._task_done)
 
     def abandon(self) -> None:
         """The connection answers this request itself (a protocol error): stop, unlogged."""
@@ -194,6 +208,7 @@ class Exchange:
     # Running the handler
 
     async def run(self) -> None:
+        self._running = True
         request = self.request
         try:
             response = await self._call_handler()
@@ -212,6 +227,8 @@ class Exchange:
             self._cut_short()
         finally:
             self._end()
+            if self.task is not None:
+                self.ctx.tasks.discard(self.task)
 
     async def _call_handler(self) -> Response | StreamingResponse:
         """The handler's response, or the error response the error policy gives."""
