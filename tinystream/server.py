@@ -294,9 +294,9 @@ class HTTPConnection(asyncio.Protocol):
                 if state is ConnState.ACTIVE:
                     if conn.their_state is h11.MUST_CLOSE:
                         return  # a body-less request that closes: see EndOfMessage below
-                elif state is ConnState.WAITING or state is ConnState.HEAD:
-                    # Answered eagerly, and the next cycle began (with a fresh parser
-                    # if empty lines were dropped): parse what is pipelined.
+                elif state is ConnState.HEAD:
+                    # Answered eagerly, and the next cycle began with a pipelined head
+                    # (in a fresh parser if empty lines were dropped): parse it.
                     conn = self.h11
                 else:
                     return
