@@ -81,7 +81,7 @@ def test_the_tour_names_the_lines_a_reader_looks_for() -> None:
     tour = TOUR.read_text()
     for needle in (
         "await flow.wait_writable()",
-        "await close_source(source)",
+        "await close_source(source, pending)",
         "self._transport.write(encode_chunk(data))",
     ):
         assert needle in tour

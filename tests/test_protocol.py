@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sys
 from typing import Any
 
 import pytest
@@ -613,3 +614,106 @@ def test_chunk_size_lines_get_the_same_verdict_however_split(name: str, cuts: li
         assert parse_responses(feed(data, cuts, echo))[0]["body"] == b"hello"
     else:
         assert statuses == [400]
+
+
+# Eager start (Python 3.12+): a handler that returns without suspending is answered
+# inside data_received. Everything else must stay as it was with a scheduled task.
+
+EAGER = sys.version_info >= (3, 12)
+
+
+async def test_a_handler_that_never_suspends_behaves_as_in_a_task(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Same response, access-log line and keep-alive; the handler still runs in a
+    task (current_task, asyncio.timeout); on 3.12+ it is answered at once."""
+    caplog.set_level(logging.INFO, logger="tinystream.access")
+    seen: list[object] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append(asyncio.current_task())
+        if sys.version_info >= (3, 11):
+            async with asyncio.timeout(5):  # noqa: ASYNC100 - it needs a current task
+                pass
+        return Response("hi")
+
+    protocol, transport = make_connection(handler)
+    protocol.data_received(SIMPLE_GET)
+    if EAGER:
+        assert protocol.exchange is None and protocol.state is ConnState.WAITING
+        assert parse_responses(bytes(transport.written))[0]["body"] == b"hi"
+    await settle(protocol)
+    protocol.data_received(SIMPLE_GET)
+    await settle(protocol)
+    responses = parse_responses(bytes(transport.written))
+    assert [r["body"] for r in responses] == [b"hi", b"hi"] and all(
+        r["complete"] for r in responses
+    )
+    assert all(task is not None for task in seen) and not transport.closed
+    lines = [r.getMessage() for r in caplog.records if r.name == "tinystream.access"]
+    assert len(lines) == 2 and all(line.endswith(" complete") for line in lines)
+    assert not protocol.ctx.tasks
+
+
+async def test_many_pipelined_requests_answered_eagerly_do_not_recurse() -> None:
+    """Each eagerly answered request starts the next cycle inside the parsing loop:
+    the loop must go on iteratively, not one stack frame deeper per request."""
+
+    async def handler(request: Request) -> Response:
+        return Response(request.path)
+
+    protocol, transport = make_connection(handler, max_pipeline_buffer=10**6)
+    count = 3000  # far past the recursion limit if each request nested a call
+    protocol.data_received(
+        b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(count))
+    )
+    await settle(protocol, rounds=4 * count)  # one exchange after another without eager start
+    bodies = [r["body"] for r in parse_responses(bytes(transport.written))]
+    assert bodies == [b"/%d" % i for i in range(count)]
+
+
+async def test_a_client_leaving_cancels_a_handler_that_suspended_after_an_eager_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="tinystream.access")
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+        return Response("never")
+
+    protocol, transport = make_connection(handler)
+    protocol.data_received(SIMPLE_GET)
+    if EAGER:
+        assert started.is_set()  # ran up to its first await already
+    await asyncio.wait_for(started.wait(), 5)
+    protocol.eof_received()
+    await asyncio.wait_for(cancelled.wait(), 5)
+    await settle(protocol)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tinystream.access"]
+    assert len(lines) == 1 and lines[0].endswith(" client_gone")
+    assert transport.written == b"" and not protocol.ctx.tasks
+
+
+async def test_a_post_answered_before_its_body_closes_the_connection() -> None:
+    """A handler that answers without reading the body (eagerly, even before the
+    body arrives) gets its response sent; the unread body ends the connection."""
+
+    async def handler(request: Request) -> Response:
+        return Response("early")
+
+    protocol, transport = make_connection(handler)
+    protocol.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+    await settle(protocol)
+    protocol.data_received(b"0123456789")
+    await settle(protocol)
+    responses = parse_responses(bytes(transport.written))
+    assert [r["body"] for r in responses] == [b"early"]
+    # It says so, then closes lingeringly: our FIN now, the body read and dropped,
+    # so the kernel does not reset the connection under the response.
+    assert responses[0]["headers"][b"connection"] == b"close"
+    assert transport.eof_written

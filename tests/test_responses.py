@@ -82,3 +82,11 @@ def test_http_error() -> None:
 def test_config_validation(options: dict[str, object], error: type[Exception]) -> None:
     with pytest.raises(error):
         Config(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["a\x0bb", "a\x0cb"])
+def test_other_line_breaking_whitespace_is_refused_when_built(value: str) -> None:
+    """h11 refuses a vertical tab or form feed in a field value; so does Response,
+    when it is built rather than when it is sent."""
+    with pytest.raises(ValueError, match="control character"):
+        Response("x", headers={"X-Field": value})

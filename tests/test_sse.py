@@ -186,3 +186,19 @@ def test_no_field_value_can_inject_an_event(text: str, event: str) -> None:
     """Whatever a user puts in data or an event name, one event comes out."""
     decoded, _ = decode_all(ServerSentEvent(data=text, event=event or None).encode())
     assert len(decoded) == 1 and decoded[0].data == normalise(text)
+
+
+def test_a_shared_event_is_encoded_once_and_cannot_change() -> None:
+    """A broadcast event goes to every subscriber as one object and one bytes:
+    it encodes like a ServerSentEvent, and refuses to change after it is built
+    (a change would reach every subscriber, and could bypass the field checks)."""
+    from tinystream.sse import SharedEvent
+
+    shared = SharedEvent(data="a\nb", event="message", id="7")
+    plain = ServerSentEvent(data="a\nb", event="message", id="7")
+    assert shared.encode() == plain.encode() and shared.encode() is shared.encode()
+    assert shared == plain
+    with pytest.raises(AttributeError):
+        shared.id = "8\ndata: injected"
+    with pytest.raises(ValueError):
+        SharedEvent(event="bad\nname")

@@ -243,3 +243,77 @@ def test_continue_is_sent_once_and_only_before_the_head() -> None:
     written = len(transport.written)
     writer.send_continue()
     assert len(transport.written) == written
+
+
+# Field names and values: the printable ASCII, the separators that matter, and bytes
+# a header injection would use.
+field_bytes = st.binary(max_size=12) | st.text(
+    alphabet=" \t\r\n\x00\x0b\x0c:;,aZ09-_!~\x7f\x80\xff", max_size=12
+).map(lambda text: text.encode("latin-1"))
+
+
+@given(name=field_bytes, value=field_bytes)
+def test_fields_are_refused_exactly_when_h11_refuses_them(name: bytes, value: bytes) -> None:
+    """The writer serialises fields itself: it must accept what h11 accepts and
+    refuse what h11 refuses, and an accepted field must read back as itself."""
+    from tinystream._writer import field_lines
+
+    framing = name.lower() in (b"content-length", b"transfer-encoding")
+    try:
+        h11.Response(status_code=200, headers=[(name, value)])
+        h11_accepts = True
+    except h11.LocalProtocolError:
+        h11_accepts = False
+    try:
+        lines, connection = field_lines([(name, value)])
+    except ValueError:
+        assert framing or not h11_accepts
+        return
+    assert h11_accepts and not framing
+    if name.lower() == b"connection":
+        assert (lines, connection) == (b"", [(name, value)])
+        return
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method="GET", target="/", headers=[(b"host", b"x")]))
+    client.receive_data(b"HTTP/1.1 200 OK\r\n" + lines + b"content-length: 0\r\n\r\n")
+    response = client.next_event()
+    assert isinstance(response, h11.Response)
+    assert response.headers[0] == (name.lower(), value)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        (b"x-evil", b"a\r\nset-cookie: session=stolen"),
+        (b"x-evil", b"a\nset-cookie: session=stolen"),
+        (b"x-evil\r\nset-cookie", b"stolen"),
+        (b"x-nul", b"a\x00b"),
+        (b"content-length", b"0"),
+        (b"Transfer-Encoding", b"chunked"),
+    ],
+)
+def test_a_field_added_after_the_response_was_built_cannot_inject(
+    field: tuple[bytes, bytes],
+) -> None:
+    """Response checks its fields when built, but its list can be changed later:
+    the writer checks again, before anything is sent, so nothing is injected and
+    a 500 can still be sent."""
+    response = Response("ok")
+    response.headers.append(field)
+    writer, transport, server = make_writer(GET_11)
+    with pytest.raises(ValueError):
+        writer.send_whole(response.status, response.headers, response.body)
+    assert transport.written == b"" and not writer.head_sent
+    writer.send_error(500, "Internal Server Error")
+    result = read_back(bytes(transport.written), [], b"GET")
+    assert result["status"] == 500 and result["complete"]
+    assert b"set-cookie" not in transport.written and server.our_state is h11.DONE
+
+
+def test_connection_close_from_a_handler_reaches_h11() -> None:
+    """h11 decides keep-alive from the fields it is given: a handler's
+    ``Connection: close`` must reach it, not only the client."""
+    writer, transport, server = make_writer(GET_11)
+    writer.send_whole(200, [(b"connection", b"close")], b"bye")
+    assert server.our_state is h11.MUST_CLOSE
+    assert transport.written.count(b"connection: close") == 1

@@ -12,6 +12,7 @@ import asyncio
 import enum
 import inspect
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
@@ -30,6 +31,10 @@ access_logger = logging.getLogger("tinystream.access")
 AnyResponse = Response | StreamingResponse
 Fields = list[tuple[bytes, bytes]]
 Handler = Callable[[Request], Awaitable[AnyResponse] | AnyResponse]
+
+# RFC 9110 §5.5 field-value, as h11 checks it: no NUL, no CR/LF, no leading or
+# trailing whitespace.
+_SERVER_VALUE = re.compile(rb"[^\x00\s]+(?:[ \t]+[^\x00\s]+)*")
 
 PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 
@@ -99,19 +104,23 @@ class ServerContext:
         #: Futures of ``Server.wait_stats`` callers, resolved whenever a statistic
         #: changes. Empty in production, so notifying costs one truth test.
         self.stats_waiters: list[asyncio.Future[None]] = []
-        base: list[tuple[bytes, bytes]] = []
+        base = b""
         if config.server_header:
-            base.append((b"server", config.server_header.encode("latin-1")))
-        self.base_headers = base
-        #: A response's fields plus ``Date``, ``Server`` and (stopping) ``Connection:
-        #: close``. A handler whose class sets ``own_server_fields`` (the ASGI
-        #: adapter: an app may send its own ``Server`` and ``Date``, which then win)
-        #: gets the variant that looks; chosen once here, so a native handler's
-        #: responses pay nothing for it.
-        self.response_headers: Callable[[Fields], Fields] = (
-            self._fields_unless_own
+            server = config.server_header.encode("latin-1")
+            if not _SERVER_VALUE.fullmatch(server):
+                raise ValueError(f"server_header is not a valid field value: {server!r}")
+            base = b"server: " + server + b"\r\n"
+        self._base_lines = base
+        self._second = -1
+        self._common_lines = b""
+        #: The ``Date`` and ``Server`` lines for a response with these fields. A
+        #: handler whose class sets ``own_server_fields`` (the ASGI adapter: an app
+        #: may send its own ``Server`` and ``Date``, which then win) gets the variant
+        #: that looks; chosen once here, so a native handler's responses pay nothing.
+        self.common_lines: Callable[[Fields], bytes] = (
+            self._common_lines_unless_own
             if getattr(handler, "own_server_fields", False)
-            else self._fields
+            else self._common_lines_for
         )
 
     def stats_changed(self) -> None:
@@ -164,27 +173,33 @@ class ServerContext:
             extra=fields,
         )
 
-    def _fields(self, headers: Fields) -> Fields:
-        fields = [*headers, (b"date", _date.get()), *self.base_headers]
-        if self.shutting_down.is_set():
-            fields.append((b"connection", b"close"))
-        return fields
+    def common_field_lines(self) -> bytes:
+        """The ``Date`` and ``Server`` field lines every response carries, as bytes.
 
-    def _fields_unless_own(self, headers: Fields) -> Fields:
+        Built once a second (``Date`` has a one-second resolution), so a response
+        head costs one ``join`` for them.
+        """
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._common_lines = b"date: " + _date.get() + b"\r\n" + self._base_lines
+        return self._common_lines
+
+    def _common_lines_for(self, headers: Fields) -> bytes:
+        return self.common_field_lines()
+
+    def _common_lines_unless_own(self, headers: Fields) -> bytes:
         own_date = own_server = False
         for name, _ in headers:
+            name = name.lower()
             if name == b"date":
                 own_date = True
             elif name == b"server":
                 own_server = True
-        fields = [*headers]
-        if not own_date:
-            fields.append((b"date", _date.get()))
-        if not own_server:
-            fields += self.base_headers
-        if self.shutting_down.is_set():
-            fields.append((b"connection", b"close"))
-        return fields
+        if not own_date and not own_server:
+            return self.common_field_lines()
+        lines = b"" if own_date else b"date: " + _date.get() + b"\r\n"
+        return lines if own_server else lines + self._base_lines
 
 
 def _is_async_callable(handler: object) -> bool:

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from typing import Any, Protocol
 
 import h11
 
-from ._compress import GzipStream, compress_stream, compress_whole
+from ._compress import compress_stream, compress_whole
 from ._context import Outcome, ServerContext
 from ._eventstream import LiveEventStream
 from ._flow import FlowControl, ReadPause
 from ._producers import NOTHING, close_source, open_source, pull_first
 from ._writer import ResponseWriter, SendfileStalled
-from .datastructures import Headers
 from .errors import ClientDisconnected, HTTPError
 from .files import FileResponse
 from .request import BodyReader, Disconnect, Request
@@ -36,6 +36,9 @@ from .streams import EventSourceResponse
 __all__ = ["ConnectionPort", "Exchange"]
 
 logger = logging.getLogger("tinystream.error")
+
+#: ``asyncio.Task(..., eager_start=True)`` (3.12+) runs the first step at once.
+EAGER_START = sys.version_info >= (3, 12)
 
 
 class ConnectionPort(Protocol):
@@ -53,6 +56,7 @@ class Exchange:
 
     __slots__ = (
         "_ended",
+        "_running",
         "body",
         "body_received",
         "client",
@@ -92,7 +96,7 @@ class Exchange:
         self.request = Request(
             method,
             event.target.decode("ascii"),
-            headers=Headers.from_lowercase(list(event.headers)),
+            raw_headers=event.headers,
             http_version=event.http_version.decode("ascii"),
             client=client,
             body=self.body,
@@ -104,20 +108,27 @@ class Exchange:
         self.task: asyncio.Task[None] | None = None
         self.event_stream: LiveEventStream | None = None
         self._ended = False
+        self._running = False
         writer.begin(head_only=method == "HEAD")
 
     def start(self) -> None:
-        """Run the handler in a task, kept referenced until it ends."""
+        """Run the handler in a task, kept referenced until it ends (``run`` ends it).
+
+        Started eagerly on 3.12+: a handler that never suspends is answered before
+        this returns, yet in a real task (``current_task()``, ``asyncio.timeout()``).
+        """
         ctx = self.ctx
-        task = ctx.loop.create_task(self.run())
-        ctx.tasks.add(task)
-        task.add_done_callback(ctx.tasks.discard)
-        # A task cancelled before its first step (the client left in the same loop
-        # iteration as its request arrived) never enters ``run``: this ends it.
-        task.add_done_callback(self._task_done)
+        if EAGER_START:
+            task = asyncio.Task(self.run(), loop=ctx.loop, eager_start=True)  # type: ignore[call-arg]
+        else:
+            task = ctx.loop.create_task(self.run())
+        if task.done():
+            return  # answered already
         self.task = task
+        ctx.tasks.add(task)  # run() discards it
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.ctx.tasks.discard(task)
         self._end()
 
     def note(self, outcome: Outcome) -> None:
@@ -160,8 +171,11 @@ class Exchange:
 
     def stop(self) -> None:
         """Cancel the handler's task; its producer is closed (its ``finally`` runs)."""
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+            if not self._running:  # cancelled before its first step: ``run`` never starts
+                task.add_done_callback(self._task_done)
 
     def abandon(self) -> None:
         """The connection answers this request itself (a protocol error): stop, unlogged."""
@@ -201,6 +215,7 @@ class Exchange:
     # Running the handler
 
     async def run(self) -> None:
+        self._running = True
         request = self.request
         try:
             response = await self._call_handler()
@@ -219,6 +234,8 @@ class Exchange:
             self._cut_short()
         finally:
             self._end()
+            if self.task is not None:
+                self.ctx.tasks.discard(self.task)
 
     async def _call_handler(self) -> Response | StreamingResponse:
         """The handler's response, or the error response the error policy gives."""
@@ -273,8 +290,8 @@ class Exchange:
                 return
             first = NOTHING
             if self.request.method != "HEAD" and not isinstance(response, FileResponse):
-                try:
-                    first, pending = await self._first_item(source)
+                try:  # the head waits (briefly) for the first item: see pull_first
+                    first, pending = await pull_first(source, ctx.config.first_item_wait)
                 except HTTPError as exc:
                     self._send_whole(_error_response(exc))
                     return
@@ -286,7 +303,9 @@ class Exchange:
                     )
                     self._send_whole(self._internal_error())
                     return
-            headers, compressor = self._stream_headers(response)
+            headers, compressor = response.headers, None
+            if response.compress and response.content_length is None:
+                headers, compressor = compress_stream(headers, self._accept_encoding())
             writer.start_body(response.status, headers, response.content_length, compressor)
             if not writer.is_open():
                 return  # HEAD, 204, 304: a head and no body (the producer is not pulled)
@@ -312,35 +331,9 @@ class Exchange:
                 response.close()
             if self.event_stream is not None:
                 self.event_stream.stop()
-            if pending is not None and not pending.done():
-                # The first item's pull outlived the response (shutdown, HEAD...):
-                # an async generator cannot be closed while it runs, so stop it first.
-                pending.cancel()
-                await asyncio.wait((pending,))
-            await close_source(source)
+            await close_source(source, pending)
             ctx.open_streams -= 1
             ctx.stats_changed()
-
-    async def _first_item(self, source: Any) -> tuple[Any, asyncio.Future[Any] | None]:
-        """Wait (at most ``first_item_wait``) for the producer's first item.
-
-        A status line is a promise: once ``200`` is out, a producer that fails can
-        only truncate the body. Waiting for the first item lets a stream that fails
-        at once (a bad id, a refused query) answer with its real status; the bound
-        keeps a slow producer's head - and a proxy's read timeout, and the
-        browser's EventSource ``open`` - from being held back.
-        """
-        wait = self.ctx.config.first_item_wait
-        if not wait:
-            return NOTHING, None
-        return await pull_first(source, wait)
-
-    def _stream_headers(
-        self, response: StreamingResponse
-    ) -> tuple[list[tuple[bytes, bytes]], GzipStream | None]:
-        if response.content_length is not None or not response.compress:
-            return response.headers, None
-        return compress_stream(response.headers, self._accept_encoding())
 
     async def _sendfile(self, response: FileResponse) -> bool:
         assert response.file is not None

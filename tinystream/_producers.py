@@ -83,6 +83,12 @@ async def pull_first(
 ) -> tuple[Any, asyncio.Future[Any] | None]:
     """The first item of ``source`` if it comes within ``wait`` seconds.
 
+    A status line is a promise: once ``200`` is out, a producer that fails can
+    only truncate the body. Waiting for the first item lets a stream that fails at
+    once (a bad id, a refused query) answer with its real status; the bound keeps
+    a slow producer's head - and a proxy's read timeout, and the browser's
+    EventSource ``open`` - from being held back. ``wait=0`` pulls nothing.
+
     Returns ``(item, None)``; ``(NOTHING, None)`` for an empty source; and
     ``(NOTHING, pull)`` when the bound ran out first, ``pull`` being the pull
     still under way (await it for the item).
@@ -90,6 +96,8 @@ async def pull_first(
     Raises:
         Exception: whatever the producer raised before its first item.
     """
+    if not wait:
+        return NOTHING, None
     pull: asyncio.Future[Any] = asyncio.ensure_future(source.__anext__())
     try:
         await asyncio.wait((pull,), timeout=wait)
@@ -107,8 +115,17 @@ async def pull_first(
         return NOTHING, None
 
 
-async def close_source(source: AsyncIterator[Any]) -> None:
-    """Close a producer (its ``finally`` runs); a failure to close is logged."""
+async def close_source(
+    source: AsyncIterator[Any], pending: asyncio.Future[Any] | None = None
+) -> None:
+    """Close a producer (its ``finally`` runs); a failure to close is logged.
+
+    ``pending`` is a pull of its first item still under way (see :func:`pull_first`):
+    it is stopped first, since an async generator cannot be closed while it runs.
+    """
+    if pending is not None and not pending.done():
+        pending.cancel()
+        await asyncio.wait((pending,))
     aclose = getattr(source, "aclose", None)
     if aclose is None:
         return

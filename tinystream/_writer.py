@@ -5,8 +5,14 @@ Rules this module keeps (and no other module breaks):
 1. :class:`ResponseWriter` is the only code that calls ``transport.write`` or
    h11's ``send`` for a response, and the only code that closes or resets a
    connection's transport.
-2. h11 serialises every head (it validates the fields and decides keep-alive) and
-   is kept in step with the body in one way per framing, chosen once as a
+2. h11 writes every status line and the fields that frame the body or decide
+   keep-alive (``Content-Length``, ``Transfer-Encoding``, ``Connection``): it is told
+   the status and those fields, adds what its rules require, and so always knows
+   the framing and whether the connection closes. The other fields are serialised
+   here, each checked as h11 would check it (a token name, a value without NUL, CR,
+   LF or surrounding whitespace), so none can inject a line; the response types
+   refuse such fields when they are built. h11 is kept in step with the body in
+   one way per framing, chosen once as a
    :class:`Framing`: a ``LENGTH`` body passes through h11, which checks it never
    exceeds the declared ``Content-Length`` (bytes that sendfile(2) sent are
    represented by a placeholder with a length); ``CHUNKED`` chunks are framed by
@@ -29,6 +35,7 @@ import contextlib
 import enum
 import logging
 import os
+import re
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -43,7 +50,14 @@ from ._producers import NOTHING, to_bytes
 from .chunked import encode_chunk
 from .responses import NO_BODY_STATUSES
 
-__all__ = ["JOIN_LIMIT", "SENDFILE_SLICE", "Framing", "ResponseWriter", "error_body"]
+__all__ = [
+    "JOIN_LIMIT",
+    "SENDFILE_SLICE",
+    "Framing",
+    "ResponseWriter",
+    "error_body",
+    "field_lines",
+]
 
 logger = logging.getLogger("tinystream.error")
 
@@ -56,6 +70,10 @@ YIELD_EVERY = 32  # writes
 #: sendfile(2) is issued in slices of this size, each bounded by the stall timeout:
 #: a client reading at least this much per ``write_stall_timeout`` is never cut off.
 SENDFILE_SLICE = 256 * 1024  # bytes
+# RFC 9110 §5.1 token and §5.5 field-value, as h11 checks them (h11/_abnf.py).
+_FIELD_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding"})
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
@@ -89,6 +107,36 @@ class _Sent:
 
     def __len__(self) -> int:
         return self.size
+
+
+def field_lines(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """Serialise response fields: ``(lines, connection fields)``.
+
+    ``Connection`` fields are returned apart: h11 must see them to decide
+    keep-alive. Every other field becomes a ``name: value`` line, checked as h11
+    checks a field (RFC 9110 §5.1, §5.5), because a response's field list can
+    still be changed after the response checked it.
+
+    Raises:
+        ValueError: a name that is not a token, a value h11 would refuse, or a
+            framing field (``Content-Length``, ``Transfer-Encoding``: ours to set).
+    """
+    lines = []
+    connection = []
+    for name, value in headers:
+        if not _FIELD_NAME.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+            raise ValueError(f"invalid response header field {name!r}: {value!r}")
+        lower = name.lower()
+        if lower in _FRAMING_FIELDS:
+            # A second length or coding next to h11's would desynchronise a proxy.
+            raise ValueError(f"response header {name!r} is set by the server, not a handler")
+        if lower == b"connection":
+            connection.append((name, value))
+        else:
+            lines.append(b"%s: %s\r\n" % (name, value))
+    return b"".join(lines), connection
 
 
 def error_body(status: int, detail: str) -> bytes:
@@ -170,18 +218,32 @@ class ResponseWriter:
             if data:
                 self._transport.write(data)
 
-    def _head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-        fields = self._ctx.response_headers(headers)
-        if self.close_after:
-            fields.append(_CLOSE)
+    def _head(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        framing: list[tuple[bytes, bytes]],
+    ) -> bytes:
+        """The head of a response: ``framing`` fields go to h11, ``headers`` are added here.
+
+        Raises:
+            ValueError: a field h11 would refuse (before anything is sent).
+            h11.LocalProtocolError: h11 cannot send a response now.
+        """
+        lines, connection = field_lines(headers)
+        if connection:
+            framing = [*framing, *connection]
+        if self.close_after or self._ctx.shutting_down.is_set():
+            framing = [*framing, _CLOSE]
         data = self._h11.send(
-            h11.Response(status_code=status, headers=fields, reason=PHRASES.get(status, b""))
+            h11.Response(status_code=status, headers=framing, reason=PHRASES.get(status, b""))
         )
-        assert data is not None
+        assert data is not None and data.endswith(b"\r\n\r\n")
         # Only now: if h11 refused the head, nothing was sent and a 500 still can be.
         self.status = status
         self.head_sent = True
-        return data
+        # h11's head without its last CRLF, then our fields, then the CRLF.
+        return b"".join((data[:-2], lines, self._ctx.common_lines(headers), b"\r\n"))
 
     def send_whole(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """A complete response with a fixed body (``Content-Length`` added here).
@@ -189,13 +251,12 @@ class ResponseWriter:
         Raises:
             h11.LocalProtocolError: h11 cannot send a response now (one was sent).
         """
-        if status not in NO_BODY_STATUSES:
-            headers = [*headers, (b"content-length", b"%d" % len(body))]
+        framing = [] if status in NO_BODY_STATUSES else [(b"content-length", b"%d" % len(body))]
         if self._h11.their_state is h11.SEND_BODY:
             # Answered before the request body was read: it never will be, so the
             # connection cannot be reused; say so (RFC 9112 §9.6).
             self.close_after = True
-        head = self._head(status, headers)
+        head = self._head(status, headers, framing)
         if body and not self.head_only:
             self._h11.send_with_data_passthrough(h11.Data(data=body))  # h11 counts
             if len(body) <= JOIN_LIMIT:
@@ -229,14 +290,15 @@ class ResponseWriter:
         compressor: GzipStream | None = None,
     ) -> None:
         """Write the head of a streamed response and choose its framing, once."""
+        fields = []
         if content_length is not None:
-            headers = [*headers, (b"content-length", b"%d" % content_length)]
+            fields = [(b"content-length", b"%d" % content_length)]
             framing = Framing.LENGTH
         elif self._h11.their_http_version == b"1.1":
             framing = Framing.CHUNKED  # h11 adds Transfer-Encoding: chunked
         else:
             framing = Framing.CLOSE  # h11 adds Connection: close
-        self._transport.write(self._head(status, headers))
+        self._transport.write(self._head(status, headers, fields))
         if self.head_only or status in NO_BODY_STATUSES:
             self._h11.send(h11.EndOfMessage())
             return

@@ -48,7 +48,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
-from .sse import ServerSentEvent
+from .sse import ServerSentEvent, SharedEvent
 
 __all__ = ["Broadcast", "BroadcastUnavailable", "Subscription"]
 
@@ -231,7 +231,8 @@ class Subscription:
         return None
 
     async def __anext__(self) -> ServerSentEvent:
-        await self.wait_started()
+        if self._start_task is not None:
+            await self.wait_started()
         while True:
             if self._queue:
                 return self._queue.popleft()
@@ -285,7 +286,7 @@ class _MemoryBackend:
         channel = self._channel(name)
         number = channel.next_id
         channel.next_id += 1
-        message = ServerSentEvent(data=data, event=event, id=str(number))
+        message = SharedEvent(data=data, event=event, id=str(number))
         channel.events.append((number, time.monotonic(), message))
         self._expire(channel)
         for subscription in list(channel.subscribers):
@@ -507,7 +508,7 @@ class _RedisBackend:
 
     @staticmethod
     def _event(entry_id: str, fields: dict[str, str]) -> ServerSentEvent:
-        return ServerSentEvent(
+        return SharedEvent(
             data=fields.get("data", ""), event=fields.get("event") or None, id=entry_id
         )
 

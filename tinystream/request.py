@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
@@ -185,12 +185,13 @@ class Request:
         "_body",
         "_body_cache",
         "_disconnected",
+        "_headers",
         "_path_params",
         "_query_params",
+        "_raw_headers",
         "_shutting_down",
         "_streamed",
         "client",
-        "headers",
         "http_version",
         "method",
         "path",
@@ -210,11 +211,14 @@ class Request:
         disconnected: Disconnect | None = None,
         shutting_down: asyncio.Event | None = None,
         split_target: tuple[str, str] | None = None,
+        raw_headers: Sequence[tuple[bytes, bytes]] | None = None,
     ) -> None:
         """A request, as the server builds it (tests may build one too).
 
         ``split_target`` is ``(path, query)`` when the caller - the server - has
         already checked and split ``target`` with :func:`parse_target`.
+        ``raw_headers`` (instead of ``headers``) are fields with lower-case names
+        as h11 parsed them: :attr:`headers` is built from them when first read.
 
         Raises:
             HTTPError: 400 for a target :func:`parse_target` refuses.
@@ -226,7 +230,8 @@ class Request:
         self.target = target
         self.path = path
         self.query = query
-        self.headers = headers if headers is not None else Headers()
+        self._headers = headers
+        self._raw_headers = raw_headers
         self.http_version = http_version
         self.client = client
         self._path_params: dict[str, str] | None = None
@@ -236,6 +241,20 @@ class Request:
         self._streamed = False
         self._disconnected = disconnected if disconnected is not None else Disconnect()
         self._shutting_down = shutting_down if shutting_down is not None else asyncio.Event()
+
+    @property
+    def headers(self) -> Headers:
+        """Case-insensitive, multi-valued :class:`~tinystream.datastructures.Headers`."""
+        headers = self._headers
+        if headers is None:
+            # Built on first use: a handler that never reads a field never pays for them.
+            raw = self._raw_headers
+            headers = self._headers = Headers.from_lowercase(list(raw) if raw else [])
+        return headers
+
+    @headers.setter
+    def headers(self, headers: Headers) -> None:
+        self._headers = headers
 
     @property
     def path_params(self) -> dict[str, str]:

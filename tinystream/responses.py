@@ -96,7 +96,9 @@ class BaseResponse:
         self.compress = False
         self.headers = encode_headers(headers)
         content_type = _content_type(media_type, text)
-        if content_type is not None and not any(n == b"content-type" for n, _ in self.headers):
+        if content_type is not None and (
+            not self.headers or not any(n == b"content-type" for n, _ in self.headers)
+        ):
             self.headers.append(content_type)
 
     def __repr__(self) -> str:

@@ -104,8 +104,10 @@ class HTTPConnection(asyncio.Protocol):
         "_deadline",
         "_drained",
         "_guard",
+        "_has_body",
         "_keep_alive",
         "_over_capacity",
+        "_parsing",
         "_pipelined",
         "_reset_check",
         "_stall_timer",
@@ -140,6 +142,8 @@ class HTTPConnection(asyncio.Protocol):
         self._pipelined = 0
         self._over_capacity = False
         self._drained = 0  # bytes dropped since a refusal (DRAINING)
+        self._parsing = False  # in the h11 loop (an eager exchange may end inside it)
+        self._has_body = False  # the request being answered has a body to come
         # Per-request state
         self.exchange: Exchange | None = None
 
@@ -262,6 +266,15 @@ class HTTPConnection(asyncio.Protocol):
     # The h11 loop
 
     def _handle_events(self) -> None:
+        if self._parsing:
+            return  # an exchange that ended eagerly, inside the loop below: it goes on
+        self._parsing = True
+        try:
+            self._parse_events()
+        finally:
+            self._parsing = False
+
+    def _parse_events(self) -> None:
         conn = self.h11
         while True:
             try:
@@ -277,7 +290,15 @@ class HTTPConnection(asyncio.Protocol):
                     return
             elif kind is h11.Request:
                 self._on_request(event)  # type: ignore[arg-type]
-                if self.state is not ConnState.ACTIVE:
+                state = self.state
+                if state is ConnState.ACTIVE:
+                    if conn.their_state is h11.MUST_CLOSE:
+                        return  # a body-less request that closes: see EndOfMessage below
+                elif state is ConnState.HEAD:
+                    # Answered eagerly, and the next cycle began with a pipelined head
+                    # (in a fresh parser if empty lines were dropped): parse it.
+                    conn = self.h11
+                else:
                     return
             elif kind is h11.EndOfMessage:
                 assert self.exchange is not None
@@ -312,22 +333,33 @@ class HTTPConnection(asyncio.Protocol):
             self._refuse(400, detail, request=event)
             return
         assert self.writer is not None and self.flow is not None
-        self.exchange = Exchange(
+        exchange = self.exchange = Exchange(
             self, self.ctx, self.writer, self.flow, self.client, event, method, path, query
         )
-        self.exchange.start()
+        if not self._has_body:
+            # RFC 9112 §6.3: no Content-Length and no Transfer-Encoding (or a zero
+            # length) is an empty body, and h11 has its EndOfMessage ready. Taking
+            # it now lets a handler that answers at once (eagerly) find the request
+            # complete, so the connection is kept alive.
+            end = self.h11.next_event()
+            assert type(end) is h11.EndOfMessage, end
+            exchange.end_of_body()
+        exchange.start()
 
     def _refusal(self, event: h11.Request) -> tuple[int, str] | None:
         """Our checks on a request h11 accepted: ``(status, reason)`` to refuse it, or None."""
         if event.http_version not in _OK_VERSIONS:
             return 505, "only HTTP/1.0 and HTTP/1.1 are supported"
         content_length = transfer_encoding = False
+        self._has_body = False
         for name, value in event.headers:
             if name == b"content-length":
                 content_length = True
+                length = int(value)
                 limit = self._config.max_body_size
-                if limit is not None and int(value) > limit:
+                if limit is not None and length > limit:
                     return 413, f"request body larger than {limit} bytes"
+                self._has_body = length > 0
             elif name == b"transfer-encoding":
                 transfer_encoding = True
         if content_length and transfer_encoding:
@@ -337,6 +369,7 @@ class HTTPConnection(asyncio.Protocol):
         if self._over_capacity:
             return 503, "too many connections"
         if transfer_encoding:
+            self._has_body = True
             # h11 accepted it, so the coding is chunked (h11 answers any other with
             # 501). Check the body bytes h11 already holds; later ones are checked
             # in data_received before h11 sees them.
@@ -381,7 +414,8 @@ class HTTPConnection(asyncio.Protocol):
             and not self.client_eof
             and not self.ctx.shutting_down.is_set()
         ):
-            self._next_cycle()
+            if self._next_cycle():
+                self._handle_events()  # a no-op when the exchange ended inside it
         elif conn.our_state is h11.DONE or conn.our_state is h11.MUST_CLOSE:
             if conn.their_state is h11.SEND_BODY and not self.client_eof:
                 self._linger()  # answered without reading the whole body
@@ -390,7 +424,8 @@ class HTTPConnection(asyncio.Protocol):
         else:
             self._abort()
 
-    def _next_cycle(self) -> None:
+    def _next_cycle(self) -> bool:
+        """Start the next request/response cycle; True when pipelined bytes await parsing."""
         assert self.flow is not None
         self.h11.start_next_cycle()
         self.state = ConnState.WAITING
@@ -401,7 +436,7 @@ class HTTPConnection(asyncio.Protocol):
         pending, _ = self.h11.trailing_data
         head = self._begin_head(pending) if pending else b""
         if head is None:
-            return  # refused
+            return False  # refused
         if len(head) != len(pending):
             # Empty lines came before the pipelined request. h11 would refuse them
             # and cannot drop bytes it holds, so a fresh parser takes the rest; at
@@ -414,10 +449,9 @@ class HTTPConnection(asyncio.Protocol):
                 self.h11.receive_data(head)
         if not head:
             self._set_deadline(self._config.keep_alive_timeout, self._on_idle_timeout)
-            return
+            return False
         # A pipelined request is already buffered: check its head, then parse it.
-        if self._check_head(head):
-            self._handle_events()
+        return self._check_head(head)
 
     def _new_parser(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self._config.max_head_size)

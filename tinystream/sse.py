@@ -33,6 +33,7 @@ __all__ = [
     "EventStreamDecoder",
     "EventStreamError",
     "ServerSentEvent",
+    "SharedEvent",
     "encode_data",
 ]
 
@@ -154,6 +155,42 @@ class ServerSentEvent:
             f"{f}={getattr(self, f)!r}" for f in _FIELDS if getattr(self, f) is not None
         )
         return f"ServerSentEvent({shown})"
+
+
+class SharedEvent(ServerSentEvent):
+    """A :class:`ServerSentEvent` that cannot change, encoded once when built.
+
+    What a :class:`~tinystream.broadcast.Broadcast` delivers: one object, and one
+    ``bytes`` of wire format, for every subscriber, instead of an encoding each.
+
+    Raises:
+        AttributeError: on any attempt to change a field after construction.
+    """
+
+    __slots__ = ("_wire",)
+    _wire: bytes
+
+    def __init__(
+        self,
+        data: str | None = None,
+        event: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+        comment: str | None = None,
+    ) -> None:
+        super().__init__(data, event, id, retry, comment)
+        object.__setattr__(self, "_wire", super().encode())
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if hasattr(self, "_wire"):
+            raise AttributeError(
+                "a shared event goes to every subscriber as it is: build a new ServerSentEvent"
+            )
+        object.__setattr__(self, name, value)
+
+    def encode(self) -> bytes:
+        """The wire format, encoded when the event was built (the same ``bytes`` each time)."""
+        return self._wire
 
 
 class EventStreamError(ValueError):
