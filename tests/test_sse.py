@@ -202,3 +202,15 @@ def test_a_shared_event_is_encoded_once_and_cannot_change() -> None:
         shared.id = "8\ndata: injected"
     with pytest.raises(ValueError):
         SharedEvent(event="bad\nname")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("id", "1\ndata: injected"), ("event", "a\rdata: x"), ("id", "a\0b"), ("retry", "1\ndata: x")],
+)
+def test_a_field_changed_after_construction_cannot_inject(field: str, value: str) -> None:
+    """The constructor's rules hold at encode() too: fields can be reassigned."""
+    event = ServerSentEvent("safe", id="1")
+    setattr(event, field, value)
+    with pytest.raises((ValueError, TypeError)):
+        event.encode()

@@ -57,6 +57,14 @@ def _single_line(field: str, value: object, forbid_nul: bool) -> str:
     return value
 
 
+def _retry(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"ServerSentEvent retry must be an int, got {value!r}")
+    if value < 0:
+        raise ValueError(f"ServerSentEvent retry must be >= 0, got {value!r}")
+    return value
+
+
 def _data_lines(prefix: str, text: str) -> str:
     if "\n" not in text and "\r" not in text:
         return prefix + text + "\n"
@@ -102,15 +110,10 @@ class ServerSentEvent:
             raise TypeError(f"ServerSentEvent data must be a str, got {type(data).__name__}")
         if comment is not None and not isinstance(comment, str):
             raise TypeError(f"ServerSentEvent comment must be a str, got {type(comment).__name__}")
-        if retry is not None:
-            if isinstance(retry, bool) or not isinstance(retry, int):
-                raise TypeError(f"ServerSentEvent retry must be an int, got {retry!r}")
-            if retry < 0:
-                raise ValueError(f"ServerSentEvent retry must be >= 0, got {retry!r}")
         self.data = data
         self.event = None if event is None else _single_line("event", event, False)
         self.id = None if id is None else _single_line("id", id, True)
-        self.retry = retry
+        self.retry = None if retry is None else _retry(retry)
         self.comment = comment
 
     @classmethod
@@ -128,16 +131,22 @@ class ServerSentEvent:
         return cls(**fields)
 
     def encode(self) -> bytes:
-        """The event in the wire format, ending with the empty line that dispatches it."""
+        """The event in the wire format, ending with the empty line that dispatches it.
+
+        Raises:
+            ValueError / TypeError: a field assigned after construction breaks the
+                rules the constructor checks (checked again here: a CR or LF put in
+                ``event`` or ``id`` later must not inject an event either).
+        """
         text = ""
         if self.comment is not None:
             text = _data_lines(": ", self.comment)
         if self.event is not None:
-            text += "event: " + self.event + "\n"
+            text += "event: " + _single_line("event", self.event, False) + "\n"
         if self.id is not None:
-            text += "id: " + self.id + "\n"
+            text += "id: " + _single_line("id", self.id, True) + "\n"
         if self.retry is not None:
-            text += f"retry: {self.retry}\n"
+            text += f"retry: {_retry(self.retry)}\n"
         if self.data is not None:
             text += _data_lines("data: ", self.data)
         return (text + "\n").encode("utf-8")
