@@ -133,10 +133,8 @@ connections a browser allows per host over HTTP/1.1.</p>
 )
 
 
-def _second(now: float) -> str:
-    # The second just reached: a timer may fire a little before the boundary, and
-    # int() would then name the previous second again.
-    return time.strftime("%H:%M:%S", time.localtime(round(now)))
+def _second(second: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(second))
 
 
 async def page_events(
@@ -145,13 +143,19 @@ async def page_events(
     """The clock's ticks (no id: they must not move the page's Last-Event-ID)
     merged with the chat's messages; ends when the chat subscription ends."""
     next_message: asyncio.Future[ServerSentEvent] = asyncio.ensure_future(anext(messages))
+    shown = int(clock())  # the second we are in
     try:
-        yield ServerSentEvent(_second(clock()), event="tick")  # at once, not in up to 1 s
+        yield ServerSentEvent(_second(shown), event="tick")  # at once, not in up to 1 s
         while True:
             until_next_second = 1 - clock() % 1
             done, _ = await asyncio.wait({next_message}, timeout=until_next_second)
             if not done:
-                yield ServerSentEvent(_second(clock()), event="tick")
+                # The second just reached: a timer may fire a hair before the
+                # boundary (round, not int), and a second is never shown twice.
+                second = round(clock())
+                if second != shown:
+                    shown = second
+                    yield ServerSentEvent(_second(second), event="tick")
                 continue
             try:
                 yield next_message.result()
@@ -159,7 +163,10 @@ async def page_events(
                 return  # the broadcast ended it: the browser reconnects and resumes
             next_message = asyncio.ensure_future(anext(messages))
     finally:
+        # Stop the pending pull before closing: an async generator cannot be
+        # closed while it runs.
         next_message.cancel()
+        await asyncio.wait({next_message})
         closing = getattr(messages, "aclose", None)
         if closing is not None:
             await closing()

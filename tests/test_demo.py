@@ -4,24 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
+from collections.abc import AsyncIterator
 
 import pytest
 
 from examples import demo
 from examples.demo import CHAT_HISTORY, make_app
+from tinystream.sse import ServerSentEvent
 from tinystream.testing import serve_for_test
 
 TIMEOUT = 10.0
 CLOCK = re.compile(r"\d\d:\d\d:\d\d")
 
 
-def test_a_tick_names_the_second_just_reached() -> None:
-    """A timer may fire a hair before the boundary: the tick must not repeat the
-    previous second (it did, reading the time truncated)."""
-    boundary = float(int(time.time()) + 10)
-    assert demo._second(boundary - 0.002) == demo._second(boundary) == demo._second(boundary + 0.3)
-    assert demo._second(boundary + 1) != demo._second(boundary)
+def test_the_clock_shows_each_second_once_and_the_first_at_once() -> None:
+    """The first tick names the second we are in; a timer firing a hair before a
+    boundary names the second just reached. (It once showed 100.6 as 101, then 101
+    again at the boundary: a repeated first value.)"""
+    times = iter([100.6, 100.999, 100.9995, 101.99, 101.998])
+
+    async def silence() -> AsyncIterator[ServerSentEvent]:
+        await asyncio.Event().wait()
+        yield ServerSentEvent("never")
+
+    async def ticks() -> list[str | None]:
+        events = demo.page_events(silence(), clock=lambda: next(times))
+        try:
+            return [(await anext(events)).data for _ in range(3)]
+        finally:
+            await events.aclose()
+
+    assert asyncio.run(ticks()) == [demo._second(100), demo._second(101), demo._second(102)]
 
 
 async def test_one_stream_carries_history_chat_and_ticks() -> None:
