@@ -195,6 +195,9 @@ async def test_event_stream_failure_after_the_first_event_sends_stream_error() -
         received = [(e.event, e.data) async for e in response.aiter_events()]
         assert received == [(None, "one"), ("stream-error", "")]
         assert response.complete
+        # Ended cleanly, but it failed: the access log says so (not "complete").
+        stats = await client.server.wait_stats(lambda s: s.outcomes.get("error") == 1, TIMEOUT)
+        assert stats.outcomes == {"error": 1}
 
 
 @contextlib.asynccontextmanager
