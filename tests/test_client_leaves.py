@@ -246,3 +246,61 @@ async def test_a_fin_after_the_whole_response_is_no_departure() -> None:
         await wait(cleaned)
         stats = await client.server.wait_stats(lambda s: s.connections == 0, TIMEOUT)
         assert stats.outcomes == {"complete": 1}
+
+
+@pytest.mark.parametrize("how", ["fin", "reset"])
+async def test_leaving_while_the_head_waits_for_the_first_item(how: str) -> None:
+    """The pull of the first item is stopped, then the producer closed."""
+    pulled = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        try:
+            pulled.set()
+            await asyncio.Event().wait()
+            yield b"never"
+        finally:
+            closed.set()
+
+    async def handler(request: Request) -> StreamingResponse:
+        return StreamingResponse(slow())
+
+    async with serve_for_test(handler, first_item_wait=60) as client:
+        conn = await client.connect()
+        await conn.send_raw(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        await wait(pulled)
+        if how == "fin":
+            await conn.close()
+        else:
+            conn.abort()
+        await wait(closed)
+        stats = await client.server.wait_stats(lambda s: s.connections == 0, TIMEOUT)
+        assert stats.outcomes == {"client_gone": 1}
+
+
+async def test_a_producer_whose_closing_raises_is_logged_and_the_server_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken:
+        def __aiter__(self) -> Broken:
+            return self
+
+        async def __anext__(self) -> bytes:
+            return b"x" * 1024
+
+        async def aclose(self) -> None:
+            raise RuntimeError("cursor already gone")
+
+    async def handler(request: Request) -> Response | StreamingResponse:
+        if request.path == "/other":
+            return Response("fine\n")
+        return StreamingResponse(Broken())
+
+    async with serve_for_test(handler) as client:
+        async with client.stream("GET", "/") as response:
+            async for _ in response.aiter_bytes():
+                break
+            response.abort()
+        await client.server.wait_stats(lambda s: s.streams == 0, TIMEOUT)
+        assert (await client.get("/other")).body == b"fine\n"
+    assert any("closing a streaming producer raised" in r.getMessage() for r in caplog.records)
