@@ -113,7 +113,9 @@ async def test_client_leaving_closes_a_waiting_generator_within_50ms(
                 await response.close()
             await wait(record.finished)
         assert record.finished_at[0] - left_at < 0.05
-        stats = await client.server.wait_stats(lambda s: s.connections == 0, TIMEOUT)
+        stats = await client.server.wait_stats(
+            lambda s: s.connections == 0 and s.requests_served == 1, TIMEOUT
+        )
         assert stats.outcomes.get("client_gone") == 1
     assert errors(caplog) == []
 
@@ -284,7 +286,9 @@ async def test_client_that_stops_reading_is_cut_off_and_send_raises() -> None:
     async with serve_for_test(app, sock=small_buffer_listener(), write_stall_timeout=0.3) as client:
         async with client.stream("GET", "/", recv_buffer=4096):
             await wait(done)  # we never read
-        stats = await client.server.wait_stats(lambda s: s.connections == 0, TIMEOUT)
+        stats = await client.server.wait_stats(
+            lambda s: s.connections == 0 and s.requests_served == 1, TIMEOUT
+        )
         assert stats.outcomes == {"stalled": 1}
     assert isinstance(outcome["error"], (OSError, asyncio.CancelledError))
 

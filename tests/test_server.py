@@ -791,7 +791,9 @@ async def test_a_refusal_after_the_head_is_logged_as_an_error(
         assert b"started" in await conn.read_raw()
         await conn.send_raw(b"5 \r\nhello\r\n")  # a bad chunk-size line, mid-response
         await wait(finished)
-        stats = await client.server.wait_stats(lambda s: s.connections == 0, TIMEOUT)
+        stats = await client.server.wait_stats(
+            lambda s: s.connections == 0 and s.requests_served == 1, TIMEOUT
+        )
         assert stats.outcomes == {"error": 1}
         conn.abort()
     assert any(r.getMessage().endswith(" error") for r in caplog.records)
