@@ -23,10 +23,10 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, NoReturn, cast
 
 from ._asgi_errors import ASGIProtocolError, caused_by_disconnect, release_frames
-from ._asgi_head import NO_BODY, parse_start
+from ._asgi_head import parse_start
 from .errors import ClientDisconnected, HTTPError
 from .request import Request
-from .responses import Response, StreamingResponse
+from .responses import NO_BODY_STATUSES, Response, StreamingResponse
 
 __all__ = ["Cycle", "Message", "Scope"]
 
@@ -140,7 +140,7 @@ class Cycle:
         try:
             if not self._head_decided():
                 await self._wait_wake()  # until http.response.start (or the app's end)
-            if self.status in NO_BODY and not self.body_ended and self.failure is None:
+            if self.status in NO_BODY_STATUSES and not self.body_ended and self.failure is None:
                 await self._wait_wake()  # the (empty) body must end before a fixed response
         except BaseException:
             # Cancelled: the client left (or the server stopped) before the head.
@@ -194,12 +194,12 @@ class Cycle:
                 return Response("Service Unavailable\n", status=503)
             raise ASGIProtocolError("ASGI application returned without starting a response")
         self.head_returned = True
-        if self.status in NO_BODY or (self.body_ended and not self.discard):
+        if self.status in NO_BODY_STATUSES or (self.body_ended and not self.discard):
             # The response is whole: a receive() waiting (a disconnect listener)
             # gets http.disconnect now, as from uvicorn, instead of waiting forever.
             self.done = True
             _resolve(self.receiver)
-        if self.status in NO_BODY:
+        if self.status in NO_BODY_STATUSES:
             response = Response(b"", self.status)
             response.headers = self.headers
             return response
@@ -310,7 +310,7 @@ class Cycle:
         self.headers = head.headers
         self.content_length = head.content_length
         self.event_stream = head.event_stream
-        if head.status in NO_BODY:
+        if head.status in NO_BODY_STATUSES:
             self.discard = True
         self._wake_handler()
 

@@ -10,18 +10,13 @@ client allows).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from ._asgi_errors import ASGIProtocolError
+from .responses import FIELD_NAME, FIELD_VALUE_CONTROL
 
-__all__ = ["NO_BODY", "Head", "parse_start"]
-
-# RFC 9110 §5.1 token; §5.5 field value (h11 refuses other controls too).
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-NO_BODY = frozenset({204, 304})  # RFC 9110 §15.3.5, §15.4.5
+__all__ = ["Head", "parse_start"]
 
 
 class Head:
@@ -64,7 +59,7 @@ def parse_start(message: Mapping[str, Any]) -> Head:
         if not name.islower():
             name = name.lower()  # (a copy only when needed: it lives as long as the stream)
         value = value.strip(b" \t")
-        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+        if not FIELD_NAME.fullmatch(name) or FIELD_VALUE_CONTROL.search(value):
             raise ASGIProtocolError(f"ASGI application sent an invalid header {name!r}: {value!r}")
         if name == b"content-length":
             if not value.isdigit() or (content_length is not None and int(value) != content_length):

@@ -24,7 +24,7 @@ from .config import Config
 from .request import Request
 from .responses import Response, StreamingResponse
 
-__all__ = ["PHRASES", "Connection", "Handler", "Outcome", "ServerContext", "date_header"]
+__all__ = ["PHRASES", "Connection", "Handler", "Outcome", "ServerContext"]
 
 access_logger = logging.getLogger("tinystream.access")
 
@@ -80,7 +80,6 @@ class _DateHeader:
 
 
 _date = _DateHeader()
-date_header = _date.get
 
 
 class ServerContext:

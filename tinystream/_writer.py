@@ -48,7 +48,7 @@ from ._context import PHRASES, ServerContext
 from ._flow import FlowControl
 from ._producers import NOTHING, to_bytes
 from .chunked import encode_chunk
-from .responses import NO_BODY_STATUSES
+from .responses import FIELD_NAME, FRAMING_FIELDS, NO_BODY_STATUSES
 
 __all__ = [
     "JOIN_LIMIT",
@@ -70,10 +70,9 @@ YIELD_EVERY = 32  # writes
 #: sendfile(2) is issued in slices of this size, each bounded by the stall timeout:
 #: a client reading at least this much per ``write_stall_timeout`` is never cut off.
 SENDFILE_SLICE = 256 * 1024  # bytes
-# RFC 9110 §5.1 token and §5.5 field-value, as h11 checks them (h11/_abnf.py).
-_FIELD_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+# RFC 9110 §5.5 field-value as h11 checks it (h11/_abnf.py): the last line of
+# defence, since a response's field list can be changed after it was built.
 _FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
-_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding"})
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
@@ -126,10 +125,10 @@ def field_lines(
     lines = []
     connection = []
     for name, value in headers:
-        if not _FIELD_NAME.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+        if not FIELD_NAME.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
             raise ValueError(f"invalid response header field {name!r}: {value!r}")
         lower = name.lower()
-        if lower in _FRAMING_FIELDS:
+        if lower in FRAMING_FIELDS:
             # A second length or coding next to h11's would desynchronise a proxy.
             raise ValueError(f"response header {name!r} is set by the server, not a handler")
         if lower == b"connection":

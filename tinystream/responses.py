@@ -26,14 +26,16 @@ HeadersArg = Mapping[str, str] | Iterable[tuple[str, str]] | None
 #: What a streaming producer may yield: bytes-like items, or str (sent as UTF-8).
 Chunk = bytes | bytearray | memoryview | str
 
-# RFC 9110 §5.1 (token) and §5.5 (field value: no CR, LF or NUL).
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# RFC 9110 §5.5: a field value is visible characters, spaces and tabs (and
-# obs-text). CR and LF would inject fields; other controls h11 refuses at send time
-# or a client may choke on: all are refused when the response is built.
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-# Framing is ours to decide (RFC 9112 §6): a handler cannot set these.
-_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding"})
+# The response-field rules every way of building a response shares (native
+# responses here, the response writer, the ASGI adapter).
+#: RFC 9110 §5.1: a field name is a token.
+FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: RFC 9110 §5.5: a field value is visible characters, spaces and tabs (and
+#: obs-text). CR and LF would inject fields; other controls h11 refuses at send time
+#: or a client may choke on: all are refused when a response is built.
+FIELD_VALUE_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+#: Framing is ours to decide (RFC 9112 §6): a handler cannot set these.
+FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding"})
 # Statuses whose responses never have a body (RFC 9110 §6.4.1, §15.3.5, §15.4.5).
 NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -54,14 +56,14 @@ def encode_headers(headers: HeadersArg) -> list[tuple[bytes, bytes]]:
     for name, value in items:
         if not isinstance(name, str) or not isinstance(value, str):
             raise TypeError(f"header names and values must be str, got {name!r}: {value!r}")
-        if not _TOKEN.fullmatch(name):
+        if not name.isascii() or not FIELD_NAME.fullmatch(raw_name := name.lower().encode()):
             raise ValueError(f"invalid header name {name!r}")
-        if _BAD_VALUE.search(value):
+        raw_value = value.strip(" \t").encode("latin-1")
+        if FIELD_VALUE_CONTROL.search(raw_value):
             raise ValueError(f"header {name!r} has a control character in its value: {value!r}")
-        raw_name = name.lower().encode("ascii")
-        if raw_name in _FRAMING_FIELDS:
+        if raw_name in FRAMING_FIELDS:
             raise ValueError(f"header {name!r} is set by the server from the body; do not set it")
-        encoded.append((raw_name, value.strip(" \t").encode("latin-1")))
+        encoded.append((raw_name, raw_value))
     return encoded
 
 
