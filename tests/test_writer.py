@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tinystream._compress import GzipStream
 from tinystream._context import ServerContext
 from tinystream._flow import FlowControl
-from tinystream._writer import Framing, ResponseWriter
+from tinystream._writer import HOLD_LIMIT, Framing, ResponseWriter
 from tinystream.config import Config
 from tinystream.responses import Response
 from tinystream.sse import PING
@@ -31,10 +31,12 @@ class Recorder(asyncio.Transport):
         self.written = bytearray()
         self.ended: str | None = None  # "fin" or "reset"
         self.writelines_called = False
+        self.writes = 0
 
     def write(self, data: Any) -> None:
         assert self.ended is None, "write after the end"
         self.written += data
+        self.writes += 1
 
     def writelines(self, list_of_data: Any) -> None:
         self.writelines_called = True
@@ -71,15 +73,20 @@ def context() -> ServerContext:
     return asyncio.run(make())
 
 
-def make_writer(request: bytes) -> tuple[ResponseWriter, Recorder, h11.Connection]:
-    """A writer whose h11 connection has just received ``request``."""
-    ctx = context()
+def make_writer(
+    request: bytes, ctx: ServerContext | None = None, transport: Recorder | None = None
+) -> tuple[ResponseWriter, Recorder, h11.Connection]:
+    """A writer whose h11 connection has just received ``request``.
+
+    Held writes need a running loop: pass a context made on it.
+    """
+    ctx = ctx or context()
     server = h11.Connection(h11.SERVER)
     server.receive_data(request)
     assert isinstance(server.next_event(), h11.Request)
     while server.next_event() is not h11.NEED_DATA:  # the end of a bodiless request
         pass
-    transport = Recorder()
+    transport = transport or Recorder()
     writer = ResponseWriter(transport, server, FlowControl(transport), ctx)
     writer.begin(head_only=request.startswith(b"HEAD"))
     return writer, transport, server
@@ -317,3 +324,126 @@ def test_connection_close_from_a_handler_reaches_h11() -> None:
     writer.send_whole(200, [(b"connection", b"close")], b"bye")
     assert server.our_state is h11.MUST_CLOSE
     assert transport.written.count(b"connection: close") == 1
+
+
+# Held writes: small body writes of one loop iteration leave as one write
+
+
+def live_context() -> ServerContext:
+    """A context on the running loop (held writes are flushed by a loop callback)."""
+    return ServerContext(lambda request: Response(), Config(server_header=""))
+
+
+async def next_iteration() -> None:
+    await asyncio.sleep(0)  # one loop iteration: what the tests below are about
+
+
+def test_a_burst_of_small_writes_leaves_in_one_write() -> None:
+    async def burst() -> tuple[int, int, bytes]:
+        writer, transport, _ = make_writer(GET_11, live_context())
+        writer.start_body(200, [], None)
+        head_writes = transport.writes
+        for n in range(100):
+            writer.write(b"data: %d\n\n" % n, hold=True)
+        held_back = transport.writes - head_writes  # nothing yet: the iteration goes on
+        await next_iteration()
+        writer.end()
+        return held_back, transport.writes - head_writes, bytes(transport.written)
+
+    held_back, writes, wire = asyncio.run(burst())
+    assert held_back == 0
+    assert writes == 2  # the hundred events together, then the last chunk
+    result = read_back(wire, [], b"GET")
+    assert result["body"] == b"".join(b"data: %d\n\n" % n for n in range(100))
+    assert result["complete"]
+
+
+# What happens between two held writes: another held write, an unheld one (a ping,
+# the prelude), or the end of a loop iteration.
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["held", "unheld", "iteration"]), st.binary(max_size=HOLD_LIMIT + 10)
+    ),
+    max_size=12,
+)
+
+
+@given(steps=steps, length=st.booleans(), ending=st.sampled_from(["end", "truncate"]), cuts=cuts)
+def test_held_writes_keep_their_order_and_reach_the_client_whole(
+    steps: list[tuple[str, bytes]], length: bool, ending: str, cuts: list[int]
+) -> None:
+    body = b"".join(data for kind, data in steps if kind != "iteration")
+
+    async def run() -> tuple[bytes, str | None]:
+        writer, transport, _ = make_writer(GET_11, live_context())
+        writer.start_body(200, [], len(body) if length else None)
+        for kind, data in steps:
+            if kind == "iteration":
+                await next_iteration()
+            else:
+                writer.write(data, hold=kind == "held")
+        if ending == "end":
+            writer.end()
+        else:
+            writer.truncate()
+        await next_iteration()  # a flush still scheduled finds nothing held
+        return bytes(transport.written), transport.ended
+
+    wire, ended = asyncio.run(run())
+    result = read_back(wire, cuts, b"GET")
+    assert result["body"] == body
+    # (A truncated length-framed body that got all its declared bytes is whole.)
+    assert result["complete"] == (ending == "end" or length)
+    assert ended == (None if ending == "end" else "fin")
+
+
+def test_held_writes_go_at_once_when_they_would_fill_the_transport() -> None:
+    """The write that reaches the high-water mark goes at once, and pauses as unheld."""
+
+    class Backlogged(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sizes: list[int] = []
+
+        def write(self, data: Any) -> None:
+            super().write(data)
+            self.sizes.append(len(data))
+
+        def get_write_buffer_size(self) -> int:
+            return len(self.written)  # nothing leaves: every byte written is still here
+
+    high, framed = 4096, 206  # 200 bytes in a chunk: "c8\r\n" + 200 + "\r\n"
+
+    async def run() -> tuple[int, list[int]]:
+        ctx = ServerContext(
+            lambda request: Response(),
+            Config(server_header="", write_high_water=high, write_low_water=1024),
+        )
+        writer, transport, _ = make_writer(GET_11, ctx, Backlogged())
+        assert isinstance(transport, Backlogged)
+        writer.start_body(200, [], None)
+        head = len(transport.written)
+        for _ in range(40):
+            writer.write(b"x" * 200, hold=True)
+            if len(transport.sizes) > 1:
+                break  # a body write went out (the head was the first)
+        return head, transport.sizes[1:]
+
+    head, body_writes = asyncio.run(run())
+    assert len(body_writes) == 1
+    # Everything held went in that write, which brought the buffer to the mark.
+    assert head + body_writes[0] >= high > head + body_writes[0] - framed
+    assert body_writes[0] % framed == 0
+
+
+def test_a_reset_drops_what_is_held() -> None:
+    async def run() -> tuple[bytes, str | None]:
+        writer, transport, _ = make_writer(GET_11, live_context())
+        writer.start_body(200, [], None)
+        before = bytes(transport.written)
+        writer.write(b"never sent", hold=True)
+        writer.reset()
+        await next_iteration()  # the scheduled flush must not write after the reset
+        return bytes(transport.written)[len(before) :], transport.ended
+
+    assert asyncio.run(run()) == (b"", "reset")

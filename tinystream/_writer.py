@@ -22,7 +22,11 @@ Rules this module keeps (and no other module breaks):
    3.13.0-3.13.1 it never calls ``pause_writing`` (gh-127655, CVE-2024-12254), so
    a client that stops reading would make us buffer without bound. A chunk is
    framed into one buffer and written with ``write()``, which pauses everywhere.
-4. A body cut short ends with a FIN after everything already written, so the
+4. Small body writes a producer makes within one event-loop iteration are held
+   and go out together, in one ``write()`` when the iteration ends (see
+   :meth:`ResponseWriter.pump`); every other write sends what is held first, so
+   bytes leave in the order they were written.
+5. A body cut short ends with a FIN after everything already written, so the
    client reads all of it and sees the truncation. A reset is for a client that
    does not read (its buffers are freed at once), a client already gone, and a
    close-delimited body, whose only "incomplete" signal a reset is.
@@ -51,6 +55,7 @@ from .chunked import encode_chunk
 from .responses import FIELD_NAME, FRAMING_FIELDS, NO_BODY_STATUSES
 
 __all__ = [
+    "HOLD_LIMIT",
     "JOIN_LIMIT",
     "SENDFILE_SLICE",
     "Framing",
@@ -67,6 +72,11 @@ JOIN_LIMIT = 64 * 1024  # bytes
 #: The producer loop yields to the event loop after this many writes that did not
 #: fill the transport, so other connections and ``connection_lost`` get to run.
 YIELD_EVERY = 32  # writes
+#: Body writes smaller than this, made by the producer loop, are held until the
+#: event loop's iteration ends (or this much is held) and then go out as one
+#: write: a subscriber woken with thirty queued events makes one send(2), not
+#: thirty. A paused transport therefore holds back at most this much more.
+HOLD_LIMIT = 16 * 1024  # bytes
 #: sendfile(2) is issued in slices of this size, each bounded by the stall timeout:
 #: a client reading at least this much per ``write_stall_timeout`` is never cut off.
 SENDFILE_SLICE = 256 * 1024  # bytes
@@ -149,7 +159,11 @@ class ResponseWriter:
     __slots__ = (
         "_ctx",
         "_flow",
+        "_flush_handle",
         "_h11",
+        "_held",
+        "_held_size",
+        "_high",
         "_transport",
         "after_eof",
         "bytes_sent",
@@ -174,6 +188,11 @@ class ResponseWriter:
         self._h11 = h11_conn
         self._flow = flow
         self._ctx = ctx
+        # Small body writes held until the loop iteration ends (rule 4).
+        self._held: list[bytes] | None = None
+        self._held_size = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self._high = ctx.config.write_high_water
         #: Called after each body write once the client sent EOF and the server
         #: honours half-closes: the connection then checks for a reset.
         self.after_eof: Callable[[], None] | None = None
@@ -202,7 +221,8 @@ class ResponseWriter:
 
     def room(self) -> int:
         """Bytes the transport takes before it pauses us (a sync producer's batch)."""
-        return self._ctx.config.write_high_water - self._transport.get_write_buffer_size()
+        buffered = self._transport.get_write_buffer_size() + self._held_size
+        return self._ctx.config.write_high_water - buffered
 
     # Heads
 
@@ -215,7 +235,7 @@ class ResponseWriter:
         if self._h11.they_are_waiting_for_100_continue and not self.head_sent:
             data = self._h11.send(h11.InformationalResponse(status_code=100, headers=[]))
             if data:
-                self._transport.write(data)
+                self._send(data)
 
     def _head(
         self,
@@ -259,13 +279,13 @@ class ResponseWriter:
         if body and not self.head_only:
             self._h11.send_with_data_passthrough(h11.Data(data=body))  # h11 counts
             if len(body) <= JOIN_LIMIT:
-                self._transport.write(head + body)
+                self._send(head + body)
             else:
-                self._transport.write(head)
-                self._transport.write(body)
+                self._send(head)
+                self._send(body)
             self.bytes_sent = len(body)
         else:
-            self._transport.write(head)
+            self._send(head)
         self._h11.send(h11.EndOfMessage())
 
     def send_error(
@@ -297,17 +317,54 @@ class ResponseWriter:
             framing = Framing.CHUNKED  # h11 adds Transfer-Encoding: chunked
         else:
             framing = Framing.CLOSE  # h11 adds Connection: close
-        self._transport.write(self._head(status, headers, fields))
+        self._send(self._head(status, headers, fields))
         if self.head_only or status in NO_BODY_STATUSES:
             self._h11.send(h11.EndOfMessage())
             return
         self.framing = framing
         self.compressor = compressor
 
+    # Sending, and holding small body writes (rule 4)
+
+    def _send(self, data: bytes) -> None:
+        if self._held is not None:
+            self.flush()
+        self._transport.write(data)
+
+    def _hold(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            held = self._held = []
+            if self._flush_handle is None:
+                self._flush_handle = self._ctx.loop.call_soon(self._flush_at_iteration_end)
+        held.append(data)
+        size = self._held_size = self._held_size + len(data)
+        # Go now when this much is held, or when it would fill the transport: the
+        # write then pauses the producer exactly as an unheld one would.
+        if size >= HOLD_LIMIT or size + self._transport.get_write_buffer_size() >= self._high:
+            self.flush()
+
+    def _flush_at_iteration_end(self) -> None:
+        self._flush_handle = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the held body bytes now (in one write), unless the client is gone."""
+        held = self._held
+        if held is None:
+            return
+        self._held = None
+        self._held_size = 0
+        if not self._transport.is_closing():
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
     # Body
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, *, hold: bool = False) -> None:
         """Write body bytes: compress, frame, keep h11 in step, note the time.
+
+        ``hold``: a small write may wait for the end of this loop iteration and
+        leave with the writes made until then (the producer loop asks for it).
 
         Raises:
             h11.LocalProtocolError: more bytes than the declared Content-Length.
@@ -319,11 +376,13 @@ class ResponseWriter:
             return  # an empty chunk would end a chunked body
         framing = self.framing
         if framing is _CHUNKED:
-            self._transport.write(encode_chunk(data))
+            data = encode_chunk(data)
+        elif framing is _LENGTH:
+            self._h11.send_with_data_passthrough(h11.Data(data=data))
+        if hold and len(data) < HOLD_LIMIT and self.after_eof is None:
+            self._hold(data)
         else:
-            if framing is _LENGTH:
-                self._h11.send_with_data_passthrough(h11.Data(data=data))
-            self._transport.write(data)
+            self._send(data)
         if self.track_time:
             self.last_write = self._ctx.loop.time()
         if self.after_eof is not None:
@@ -335,7 +394,9 @@ class ResponseWriter:
         """Write ``first`` (unless ``NOTHING``), then every item of ``source``.
 
         The next item is pulled only while the transport is not paused, so a slow
-        client never makes us hold more than the high-water mark plus one chunk.
+        client never makes us hold more than the high-water mark plus one chunk
+        (small writes held for the end of the iteration go at once when they
+        would reach the mark).
         ``pending`` is a pull of the first item still under way (an awaitable):
         awaited here. Returns False if the client went away first.
         """
@@ -362,7 +423,7 @@ class ResponseWriter:
                 continue  # an empty chunk would end a chunked body
             if transport.is_closing():
                 return False
-            write(chunk)
+            write(chunk, hold=True)
             if flow.write_paused:
                 writes = 0
                 await flow.wait_writable()
@@ -385,6 +446,7 @@ class ResponseWriter:
         """
         loop = self._ctx.loop
         stall = self._ctx.config.write_stall_timeout
+        self.flush()
         while count:
             size = min(count, SENDFILE_SLICE)
             try:
@@ -434,7 +496,7 @@ class ResponseWriter:
             self.bytes_sent = sent  # the gzip trailer is not payload
         data = self._h11.send(h11.EndOfMessage())
         if data:
-            self._transport.write(data)
+            self._send(data)
 
     # Ending the connection
 
@@ -452,12 +514,14 @@ class ResponseWriter:
 
     def close(self) -> None:
         """Close once what was written is flushed (a FIN)."""
+        self.flush()
         self._transport.close()
 
     def shut_write(self) -> bool:
         """Send a FIN but keep reading (a lingering close); False if impossible."""
         if not self._transport.can_write_eof():
             return False
+        self.flush()
         self._transport.write_eof()
         return True
 
@@ -473,4 +537,5 @@ class ResponseWriter:
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        self._held, self._held_size = None, 0  # nobody will read them
         self._transport.abort()
