@@ -371,6 +371,7 @@ class Exchange:
         if self._ended:
             return
         self._ended = True
+        self.body.detach()
         request = self.request
         writer = self.writer
         self.ctx.record_response(

@@ -95,6 +95,14 @@ class BodyReader:
         if self._listener is not None:
             self._listener.body_unread(self.unread)
 
+    def detach(self) -> None:
+        """The exchange ended: tell it nothing more.
+
+        (The listener holds this reader too: letting go of it breaks the cycle,
+        so both are freed when the request is, not by the cyclic collector.)
+        """
+        self._listener = None
+
     def finish(self) -> None:
         self._complete = True
         self._wake()
