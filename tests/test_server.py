@@ -489,6 +489,28 @@ async def test_idle_keep_alive_connection_is_closed() -> None:
         assert await asyncio.wait_for(conn.read_raw_until_close(), TIMEOUT) == b""
 
 
+async def test_a_handler_slower_than_the_idle_timeout_is_answered_then_the_idle_timeout_applies() -> (
+    None
+):
+    """The idle deadline armed at connect passes while the handler works: nothing happens.
+
+    (One timer serves every deadline of a connection; a deadline moved later, or
+    cleared while a request is served, is found when the timer fires.)
+    """
+    idle = 0.2
+
+    async def slow(request: Request) -> Response:
+        await asyncio.sleep(idle * 3)  # the handler's own work, longer than the idle timeout
+        return Response("late but whole")
+
+    async with serve_for_test(slow, keep_alive_timeout=idle) as client, client.connection() as conn:
+        started = time.monotonic()
+        response = await conn.request("GET", "/")
+        assert response.status == 200 and response.body == b"late but whole"
+        assert await asyncio.wait_for(conn.read_raw_until_close(), TIMEOUT) == b""
+        assert time.monotonic() - started > idle * 3.5  # the work, then a whole idle timeout
+
+
 async def test_connections_past_the_limit_get_503() -> None:
     async with serve_for_test(hello, max_connections=1) as client, client.connection() as first:
         assert (await first.request("GET", "/")).status == 200

@@ -102,6 +102,8 @@ class HTTPConnection(asyncio.Protocol):
         "_chunks",
         "_config",
         "_deadline",
+        "_deadline_at",
+        "_deadline_callback",
         "_drained",
         "_guard",
         "_has_body",
@@ -134,7 +136,10 @@ class HTTPConnection(asyncio.Protocol):
         self.writer: ResponseWriter | None = None
         self.state = ConnState.WAITING
         self.client: tuple[str, int] | None = None
+        # One deadline at a time (idle, head, flush, linger); see _set_deadline.
         self._deadline: asyncio.TimerHandle | None = None
+        self._deadline_at = 0.0
+        self._deadline_callback: Callable[[], None] | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
         self.client_eof = False
         self._reset_check: asyncio.TimerHandle | None = None
@@ -230,7 +235,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = ConnState.CLOSED
-        self._cancel_deadline()
+        self._drop_deadline()
         self._cancel_stall_timer()
         if self._reset_check is not None:
             self._reset_check.cancel()
@@ -619,14 +624,43 @@ class HTTPConnection(asyncio.Protocol):
     # Timeouts
 
     def _set_deadline(self, delay: float, callback: Callable[[], None]) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-        self._deadline = self.ctx.loop.call_later(delay, callback)
+        """Call ``callback`` in ``delay`` seconds, unless another deadline replaces it.
+
+        Every request sets two deadlines (its head, then the idle keep-alive) and
+        cancels one: with a timer each, that is two timers made and cancelled per
+        request. Instead one timer stays armed; a deadline later than it only moves
+        ``_deadline_at``, and the timer, when it fires, re-arms for the rest.
+        """
+        loop = self.ctx.loop
+        at = self._deadline_at = loop.time() + delay
+        self._deadline_callback = callback
+        timer = self._deadline
+        if timer is not None:
+            if timer.when() <= at:
+                return  # it fires first and re-arms (_on_deadline)
+            timer.cancel()
+        self._deadline = loop.call_at(at, self._on_deadline)
 
     def _cancel_deadline(self) -> None:
+        self._deadline_callback = None  # the armed timer finds nothing to do
+
+    def _drop_deadline(self) -> None:
+        """The connection is gone: free the timer (it holds this connection)."""
+        self._deadline_callback = None
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def _on_deadline(self) -> None:
+        timer, self._deadline = self._deadline, None
+        callback = self._deadline_callback
+        if callback is None or timer is None:
+            return
+        if self._deadline_at > timer.when():
+            self._deadline = self.ctx.loop.call_at(self._deadline_at, self._on_deadline)
+            return
+        self._deadline_callback = None
+        callback()
 
     def _cancel_stall_timer(self) -> None:
         if self._stall_timer is not None:
@@ -634,12 +668,10 @@ class HTTPConnection(asyncio.Protocol):
             self._stall_timer = None
 
     def _on_idle_timeout(self) -> None:
-        self._deadline = None
         if self.state is ConnState.WAITING:
             self._close()
 
     def _on_header_timeout(self) -> None:
-        self._deadline = None
         if self.state is ConnState.HEAD:
             logger.debug("request head from %s not complete in time", self.client)
             self._refuse(408, "request head not received in time")
