@@ -23,8 +23,8 @@ class ASGIProtocolError(RuntimeError):
     ``Content-Length`` ...). Raised from its ``send()``; the response is ended."""
 
 
-def release_frames(task: asyncio.Task[None]) -> None:
-    """Drop the locals of the frames in the traceback that ended ``task``.
+def release_frames(exc: BaseException) -> None:
+    """Drop the locals of the frames in the traceback of ``exc`` (which ended the app).
 
     Framework code puts context managers on the way out, and an ``__exit__`` frame
     holds the exception it saw: traceback -> frame -> exception -> traceback, a
@@ -34,12 +34,9 @@ def release_frames(task: asyncio.Task[None]) -> None:
     wait for the GC too. Cleared, the generator is freed at once and asyncio's
     finaliser closes it (its ``finally`` runs) within a loop iteration.
     """
-    try:
-        task.result()
-    except BaseException as exc:  # the task's own outcome, read once more: nothing is swallowed
-        for error in exception_chain(exc):
-            if error.__traceback__ is not None:
-                traceback.clear_frames(error.__traceback__)
+    for error in exception_chain(exc):
+        if error.__traceback__ is not None:
+            traceback.clear_frames(error.__traceback__)
 
 
 def exception_chain(exc: BaseException) -> list[BaseException]:

@@ -9,6 +9,11 @@ connection's :class:`~tinystream._writer.ResponseWriter`, which writes every byt
 It talks to its connection through :class:`ConnectionPort` alone, and ends
 exactly once (:meth:`Exchange._end`): the first :class:`Outcome` noted wins, the
 access-log line is written, and the connection is told.
+
+A handler may also respond *while it runs* instead of returning a response: an
+ASGI application sends its head and body from inside its call. It finds its
+exchange in :data:`RUNNING` and uses the ``push_*`` methods; the exchange ends
+when the pushed response does, and the handler may go on running after it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import logging
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import h11
@@ -26,14 +32,14 @@ from ._context import Outcome, ServerContext
 from ._eventstream import LiveEventStream
 from ._flow import FlowControl, ReadPause
 from ._producers import NOTHING, close_source, open_source, pull_first
-from ._writer import ResponseWriter, SendfileStalled
+from ._writer import YIELD_EVERY, ResponseWriter, SendfileStalled
 from .errors import ClientDisconnected, HTTPError
 from .files import FileResponse
 from .request import BodyReader, Disconnect, Request
 from .responses import Response, StreamingResponse
 from .streams import EventSourceResponse
 
-__all__ = ["ConnectionPort", "Exchange"]
+__all__ = ["PUSHED", "RUNNING", "ConnectionPort", "Exchange", "Pusher"]
 
 logger = logging.getLogger("tinystream.error")
 
@@ -51,12 +57,22 @@ class ConnectionPort(Protocol):
         """The exchange ended (it was counted and logged): take the connection back."""
 
 
+class Pusher(Protocol):
+    """A handler that pushes its response is told when the client leaves."""
+
+    def client_gone(self) -> None:
+        """The client left; the handler's task is being cancelled too."""
+
+
 class Exchange:
     """One request and its response: runs the handler and hands its response to the writer."""
 
     __slots__ = (
         "_ended",
+        "_push_open",
+        "_pushed",
         "_running",
+        "_writes",
         "body",
         "body_received",
         "client",
@@ -66,6 +82,7 @@ class Exchange:
         "flow",
         "outcome",
         "port",
+        "pusher",
         "request",
         "task",
         "time_start",
@@ -109,6 +126,10 @@ class Exchange:
         self.event_stream: LiveEventStream | None = None
         self._ended = False
         self._running = False
+        self._pushed = False  # the handler responds while it runs (push_*)
+        self._push_open = False  # a pushed body is open (counted in open_streams)
+        self._writes = 0  # pushed writes since the last yield to the loop
+        self.pusher: Pusher | None = None
         writer.begin(head_only=method == "HEAD")
 
     def start(self) -> None:
@@ -167,6 +188,8 @@ class Exchange:
             self.event_stream.stop()
         self.disconnected.set()
         self.body.fail(ClientDisconnected("client disconnected"))
+        if self.pusher is not None:
+            self.pusher.client_gone()
         self.stop()
 
     def stop(self) -> None:
@@ -216,9 +239,12 @@ class Exchange:
 
     async def run(self) -> None:
         self._running = True
+        RUNNING.set(self)  # this task's context only: how a pushing handler finds us
         request = self.request
         try:
             response = await self._call_handler()
+            if response is None:
+                return  # pushed while the handler ran: sent already
             if isinstance(response, StreamingResponse):
                 await self._send_stream(response)
             else:
@@ -230,15 +256,23 @@ class Exchange:
         except Exception:
             # The response had started (a producer raised, a write failed).
             logger.exception("response failed for %s %s", request.method, request.target)
-            self.note(Outcome.ERROR)
-            self._cut_short()
+            if not self._ended:  # (a pushed response may have ended already)
+                self.note(Outcome.ERROR)
+                self._cut_short()
         finally:
+            # Not left in the task's context: task -> context -> exchange -> task
+            # would be a reference cycle, freed only by the cyclic collector.
+            RUNNING.set(None)
             self._end()
             if self.task is not None:
                 self.ctx.tasks.discard(self.task)
 
-    async def _call_handler(self) -> Response | StreamingResponse:
-        """The handler's response, or the error response the error policy gives."""
+    async def _call_handler(self) -> Response | StreamingResponse | None:
+        """The handler's response, or the error response the error policy gives.
+
+        None when the handler pushed its response. A handler that fails after it
+        pushed a head gets no error response: its failure goes to ``run``.
+        """
         ctx = self.ctx
         request = self.request
         try:
@@ -252,10 +286,16 @@ class Exchange:
                 if replacement is not None:
                     response = replacement
         except HTTPError as exc:
+            if self._pushed:
+                raise
             return _error_response(exc)
         except Exception:
+            if self._pushed:
+                raise
             logger.exception("handler failed for %s %s", request.method, request.target)
             return self._internal_error()
+        if self._pushed:
+            return None
         if not isinstance(response, (Response, StreamingResponse)):
             logger.error(
                 "handler for %s %s returned %r, not a Response",
@@ -322,8 +362,6 @@ class Exchange:
                 sent = await writer.pump(source, first, pending)
             if sent:
                 writer.end()
-                if getattr(response.content, "ended_by_shutdown", False):
-                    self.note(Outcome.SHUTDOWN)  # a producer that stopped for it (ASGI SSE)
             else:
                 self._client_left()
         finally:
@@ -367,11 +405,96 @@ class Exchange:
         self.port.must_close()
         writer.truncate()
 
+    # Responding while the handler runs (an ASGI app sends from inside its call)
+
+    def push_whole(self, response: Response) -> None:
+        """Write a whole response now and end; the handler may go on running."""
+        self._pushed = True
+        self._send_whole(response)
+        self._end()
+
+    def push_head(
+        self, status: int, headers: list[tuple[bytes, bytes]], content_length: int | None
+    ) -> bool:
+        """Write the head of a streamed response now; False if no body may follow.
+
+        (HEAD, 204 and 304 responses end with their head; so does one whose
+        client is gone.)
+        """
+        self._pushed = True
+        writer = self.writer
+        if writer.is_closing():
+            self._client_left()
+            self._end()
+            return False
+        writer.start_body(status, headers, content_length)
+        if not writer.is_open():
+            self._end()
+            return False
+        self._push_open = True
+        self.ctx.open_streams += 1
+        self.ctx.stats_changed()
+        return True
+
+    async def push_body(self, chunk: bytes) -> None:
+        """Write body bytes; return once the client may take more.
+
+        Waits while the transport is paused (a slow client pauses the handler);
+        yields to the loop every ``YIELD_EVERY`` writes otherwise, so a handler
+        that never awaits anything else starves nobody.
+
+        Raises:
+            ClientDisconnected: the client is gone (or was cut off); nothing was written.
+            h11.LocalProtocolError: more bytes than the declared Content-Length.
+        """
+        writer = self.writer
+        if not writer.is_open():
+            raise self._pushed_to_nobody()
+        writer.write(chunk, hold=True)
+        flow = self.flow
+        if flow.write_paused:
+            self._writes = 0
+            await flow.wait_writable()
+            if not writer.is_open():
+                raise self._pushed_to_nobody()
+        else:
+            self._writes += 1
+            if self._writes >= YIELD_EVERY:
+                self._writes = 0
+                await asyncio.sleep(0)
+
+    def _pushed_to_nobody(self) -> ClientDisconnected:
+        if not self._ended:
+            self._client_left()
+            self._end()
+        return ClientDisconnected("client disconnected")
+
+    def push_end(self, outcome: Outcome | None = None) -> None:
+        """The pushed body is complete (``outcome``: why, if not simply done)."""
+        if outcome is not None:
+            self.note(outcome)
+        if self.writer.is_open():
+            self.writer.end()
+        self._end()
+
+    def push_truncate(self, outcome: Outcome) -> None:
+        """The pushed response cannot be finished: cut it short honestly, and end."""
+        self._pushed = True
+        if not self._ended:
+            self.note(outcome)
+            self._cut_short()
+            self._end()
+
     def _end(self) -> None:
         if self._ended:
             return
         self._ended = True
         self.body.detach()
+        self.pusher = None  # (it holds this exchange: no cycle left behind)
+        if self._push_open:
+            self._push_open = False
+            self.ctx.open_streams -= 1
+            self.ctx.stats_changed()
         request = self.request
         writer = self.writer
         self.ctx.record_response(
@@ -385,6 +508,14 @@ class Exchange:
             self.outcome or Outcome.COMPLETE,
         )
         self.port.exchange_finished(self)
+
+
+#: What a handler that pushed its response returns (type-correct; never sent: the
+#: exchange knows it pushed).
+PUSHED = Response(b"", status=200)
+#: The exchange whose handler runs in this task: set by :meth:`Exchange.run` in
+#: the task's own context, read by a handler that pushes (``tinystream.asgi``).
+RUNNING: ContextVar[Exchange | None] = ContextVar("tinystream_exchange", default=None)
 
 
 def _error_response(exc: HTTPError) -> Response:

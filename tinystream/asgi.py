@@ -6,13 +6,12 @@ work at once, a slow client pauses it, shutdown always ends.
 
 Theory of operation
 -------------------
-Each request is a :class:`Cycle`. The app runs in its own task; the handler waits
-for ``http.response.start`` (or the app's end), then returns either a fixed
-:class:`~tinystream.Response` (the whole body was sent at once, the common case)
-or a :class:`~tinystream.StreamingResponse` whose producer is the cycle itself.
-
-The body's hand-off, and what happens when the response is cut short, are
-described in :mod:`tinystream._asgi_cycle`.
+Each request is a :class:`Cycle`, run in the task the server made for the
+request, as uvicorn runs an app: one task per request. The app's ``send()``
+writes through the request's exchange while the app runs - a whole body as one
+fixed response, a streamed one chunk by chunk, paused while the client reads
+slowly. How, and what happens when the response is cut short, is described in
+:mod:`tinystream._asgi_cycle`.
 
 On graceful shutdown every request whose body was read gets ``http.disconnect``
 from ``receive()``, and an event stream (``text/event-stream``) ends at once with
@@ -29,6 +28,7 @@ from typing import Any
 
 from ._asgi_cycle import Cycle, Scope
 from ._asgi_errors import ASGIProtocolError
+from ._exchange import PUSHED, RUNNING
 from ._lifespan import LIFESPAN_MODES, Lifespan, LifespanFailed
 from .request import Request
 from .responses import Response, StreamingResponse
@@ -104,7 +104,8 @@ class ASGIHandler:
         #: The lifespan state; each request's scope gets a shallow copy.
         self.state: dict[str, Any] = {}
         self._lifespan = Lifespan(app, lifespan, self.state)
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: App tasks that outlive their response (background work after the last send()).
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._cycles: set[Cycle] = set()
         self._shutting_down = False
         self._shutdown_watch: asyncio.Task[None] | None = None
@@ -142,20 +143,26 @@ class ASGIHandler:
             )
         if "websocket" in request.headers.get("upgrade", "").lower():
             return self._refuse_websocket(request)
+        exchange = RUNNING.get()
+        if exchange is None or exchange.request is not request:
+            raise RuntimeError("an ASGIHandler runs in the task the server made for its request")
         cycle = Cycle(
             self.app,
             self._scope(request),
             request,
+            exchange,
             shutting_down=self._shutting_down,
             tasks=self._tasks,
             cycles=self._cycles,
         )
         self._cycles.add(cycle)
         try:
-            return await cycle.respond()
+            response = await cycle.run()
+            return PUSHED if response is None else response
         finally:
-            if cycle.status == 0 or cycle.body_ended or cycle.closed is not None:
-                self._cycles.discard(cycle)
+            self._cycles.discard(cycle)
+            if cycle.task is not None:
+                self._tasks.discard(cycle.task)
 
     async def _watch_shutdown(self, request: Request) -> None:
         await request.wait_shutting_down()
