@@ -51,6 +51,7 @@ Message = Mapping[str, Any]
 App = Callable[..., Any]
 
 _DISCONNECT = {"type": "http.disconnect"}
+_PLAIN_TEXT = (b"content-type", b"text/plain; charset=utf-8")
 
 
 class Cycle:
@@ -102,7 +103,7 @@ class Cycle:
         exchange.pusher = self  # told when the client leaves
         self.tasks = tasks  # the adapter's app tasks that outlive their response
         self.cycles = cycles  # the adapter's open cycles (shutdown tells them)
-        self.loop = asyncio.get_running_loop()
+        self.loop = exchange.ctx.loop
         self.task = asyncio.current_task()  # the exchange's: the app runs in it
         # The body's stream is made on the first receive(): most apps never call it.
         self.request_body: AsyncIterator[bytes] | None = None
@@ -158,7 +159,7 @@ class Cycle:
             return None
         self._close("the application returned without a response")
         if self.status == 0 and self.told_disconnect:
-            return Response("Service Unavailable\n", status=503)
+            return Response("Service Unavailable\n", status=503)  # (sent by the exchange)
         if self.status == 0:
             raise ASGIProtocolError("ASGI application returned without starting a response")
         raise ASGIProtocolError("ASGI application returned without completing its response")
@@ -228,7 +229,7 @@ class Cycle:
             self.exchange.push_truncate(Outcome.ERROR)
         else:
             self._complete()
-            self.exchange.push_whole(Response(f"{exc.detail}\n", status=exc.status))
+            self.exchange.push_whole(exc.status, [_PLAIN_TEXT], f"{exc.detail}\n".encode())
         self._close("the request was refused")
 
     async def send(self, message: Message) -> None:
@@ -257,10 +258,11 @@ class Cycle:
             self.discard = True
         # Like a native stream's head, this one waits (briefly) for the first body
         # chunk: a whole body then goes with it, a failure before it is a real 500.
+        # A declared Content-Length announces a fixed body: its head waits for it.
         wait = self.exchange.ctx.config.first_item_wait
         if wait <= 0:
             self._push_head()
-        elif wait != float("inf"):
+        elif wait != float("inf") and head.content_length is None:
             self.head_timer = self.loop.call_later(wait, self._head_due)
 
     async def _send_body(self, message: Message) -> None:
@@ -297,10 +299,8 @@ class Cycle:
             self.body_ended = True
             if not self.streaming:  # the whole body at once: a fixed response
                 self._cancel_head_timer()
-                response = Response(body, self.status)
-                response.headers = self.headers
                 self._complete()
-                self.exchange.push_whole(response)
+                self.exchange.push_whole(self.status, self.headers, body)
                 return
         if not self.streaming:
             self._push_head()
@@ -333,7 +333,7 @@ class Cycle:
             elif not self.done:
                 self.exchange.note(Outcome.ERROR)
                 self._complete()
-                self.exchange.push_whole(Response("Internal Server Error\n", status=500))
+                self.exchange.push_whole(500, [_PLAIN_TEXT], b"Internal Server Error\n")
             self._close("the application broke the ASGI protocol")
         raise error
 

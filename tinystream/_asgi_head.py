@@ -18,6 +18,13 @@ from .responses import FIELD_NAME, FIELD_VALUE_CONTROL
 
 __all__ = ["Head", "parse_start"]
 
+#: App fields that passed every check unchanged (a lower-case token name, a value
+#: without controls or surrounding whitespace, not a framing field), remembered:
+#: an app sends the same few fields again and again, and a set lookup costs a
+#: fraction of the checks. Bounded: once full, new fields are checked every time.
+_PLAIN_FIELDS: set[tuple[bytes, bytes]] = set()
+_PLAIN_FIELDS_MAX = 1024
+
 
 class Head:
     """A checked ``http.response.start``."""
@@ -53,6 +60,15 @@ def parse_start(message: Mapping[str, Any]) -> Head:
     content_length: int | None = None
     event_stream = False
     for field in message.get("headers", ()):
+        try:
+            known = field in _PLAIN_FIELDS
+        except TypeError:  # a list, or a bytearray in it: checked below
+            known = False
+        if known:
+            if field[0] == b"content-type" and field[1].startswith(b"text/event-stream"):
+                event_stream = True
+            headers.append(field)
+            continue
         name, value = field
         if not isinstance(name, bytes) or not isinstance(value, bytes):
             name, value = bytes(name), bytes(value)  # bytearray; str raises TypeError
@@ -77,6 +93,10 @@ def parse_start(message: Mapping[str, Any]) -> Head:
             event_stream = True
         if type(field) is tuple and name is field[0] and value is field[1]:
             headers.append(field)  # the app's own pair, unchanged: no copy to keep
+            # (bytes are immutable: a remembered field stays what was checked)
+            immutable = type(name) is bytes and type(value) is bytes
+            if immutable and len(_PLAIN_FIELDS) < _PLAIN_FIELDS_MAX:
+                _PLAIN_FIELDS.add(field)
         else:
             headers.append((name, value))
     if status == 304 and content_length is not None:

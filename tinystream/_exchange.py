@@ -407,10 +407,11 @@ class Exchange:
 
     # Responding while the handler runs (an ASGI app sends from inside its call)
 
-    def push_whole(self, response: Response) -> None:
+    def push_whole(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """Write a whole response now and end; the handler may go on running."""
         self._pushed = True
-        self._send_whole(response)
+        if not self.writer.is_closing():
+            self.writer.send_whole(status, headers, body)
         self._end()
 
     def push_head(

@@ -141,14 +141,16 @@ class ASGIHandler:
             self._shutdown_watch = asyncio.get_running_loop().create_task(
                 self._watch_shutdown(request)
             )
-        if "websocket" in request.headers.get("upgrade", "").lower():
-            return self._refuse_websocket(request)
+        fields = request.raw_headers
+        for name, value in fields:
+            if name == b"upgrade" and b"websocket" in value.lower():
+                return self._refuse_websocket(request)
         exchange = RUNNING.get()
         if exchange is None or exchange.request is not request:
             raise RuntimeError("an ASGIHandler runs in the task the server made for its request")
         cycle = Cycle(
             self.app,
-            self._scope(request),
+            self._scope(request, fields),
             request,
             exchange,
             shutting_down=self._shutting_down,
@@ -181,7 +183,7 @@ class ASGIHandler:
             )
         return Response("WebSocket is not supported by this server\n", status=501)
 
-    def _scope(self, request: Request) -> Scope:
+    def _scope(self, request: Request, fields: list[tuple[bytes, bytes]]) -> Scope:
         target = request.target
         if target.startswith("/"):
             raw_path = target.partition("?")[0].encode("ascii")
@@ -201,9 +203,9 @@ class ASGIHandler:
             "raw_path": self._raw_root + raw_path,
             "query_string": request.query.encode("ascii"),
             "root_path": self.root_path,
-            "headers": request.headers.raw,
+            "headers": fields,
             "client": request.client,
             "server": self.server,
-            "state": self.state.copy(),
+            "state": self.state.copy() if self.state else {},
             "extensions": {},
         }
