@@ -11,19 +11,23 @@ client allows).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from ._asgi_errors import ASGIProtocolError
 from .responses import FIELD_NAME, FIELD_VALUE_CONTROL
 
 __all__ = ["Head", "parse_start"]
 
-#: App fields that passed every check unchanged (a lower-case token name, a value
-#: without controls or surrounding whitespace, not a framing field), remembered:
-#: an app sends the same few fields again and again, and a set lookup costs a
-#: fraction of the checks. Bounded: once full, new fields are checked every time.
-_PLAIN_FIELDS: set[tuple[bytes, bytes]] = set()
-_PLAIN_FIELDS_MAX = 1024
+#: App fields that passed every check unchanged, remembered with what they mean:
+#: ``_PLAIN`` (passed on as they are), ``_EVENT_STREAM`` (a ``text/event-stream``
+#: Content-Type), or an int (a Content-Length of that many bytes). An app sends the
+#: same few fields again and again, and a dict lookup costs a fraction of the
+#: checks. Bounded: once full, new fields are checked every time.
+_CHECKED: dict[tuple[bytes, bytes], object] = {}
+_CHECKED_MAX = 1024
+_PLAIN = object()
+_EVENT_STREAM = object()
+_UNKNOWN = object()
 
 
 class Head:
@@ -54,52 +58,74 @@ def parse_start(message: Mapping[str, Any]) -> Head:
         TypeError: a field name or value that is a ``str``.
     """
     status = message["status"]
-    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+    if type(status) is not int:
+        if isinstance(status, bool) or not isinstance(status, int):
+            raise ASGIProtocolError(f"ASGI application sent an invalid status {status!r}")
+        status = int(status)  # an IntEnum such as HTTPStatus.OK
+    if not 200 <= status <= 599:
         raise ASGIProtocolError(f"ASGI application sent an invalid status {status!r}")
     headers: list[tuple[bytes, bytes]] = []
     content_length: int | None = None
     event_stream = False
     for field in message.get("headers", ()):
         try:
-            known = field in _PLAIN_FIELDS
+            meaning = _CHECKED.get(field, _UNKNOWN)
         except TypeError:  # a list, or a bytearray in it: checked below
-            known = False
-        if known:
-            if field[0] == b"content-type" and field[1].startswith(b"text/event-stream"):
-                event_stream = True
+            meaning = _UNKNOWN
+        if meaning is _UNKNOWN:
+            meaning = _check_field(field)
+        if meaning is _PLAIN or meaning is _EVENT_STREAM:
+            event_stream = event_stream or meaning is _EVENT_STREAM
             headers.append(field)
-            continue
-        name, value = field
-        if not isinstance(name, bytes) or not isinstance(value, bytes):
-            name, value = bytes(name), bytes(value)  # bytearray; str raises TypeError
-        if not name.islower():
-            name = name.lower()  # (a copy only when needed: it lives as long as the stream)
-        value = value.strip(b" \t")
-        if not FIELD_NAME.fullmatch(name) or FIELD_VALUE_CONTROL.search(value):
-            raise ASGIProtocolError(f"ASGI application sent an invalid header {name!r}: {value!r}")
-        if name == b"content-length":
-            if not value.isdigit() or (content_length is not None and int(value) != content_length):
+        elif type(meaning) is int:
+            if content_length is not None and meaning != content_length:
                 raise ASGIProtocolError(
-                    f"ASGI application sent an invalid Content-Length {value!r}"
+                    f"ASGI application sent an invalid Content-Length {field[1]!r}"
                 )
             if status != 204:  # RFC 9110 §8.6: never on a 204
-                content_length = int(value)
-            continue
-        if name == b"transfer-encoding":
-            if value.lower() != b"chunked":
-                raise ASGIProtocolError(f"ASGI application sent Transfer-Encoding {value!r}")
-            continue
-        if name == b"content-type" and value.startswith(b"text/event-stream"):
-            event_stream = True
-        if type(field) is tuple and name is field[0] and value is field[1]:
-            headers.append(field)  # the app's own pair, unchanged: no copy to keep
-            # (bytes are immutable: a remembered field stays what was checked)
-            immutable = type(name) is bytes and type(value) is bytes
-            if immutable and len(_PLAIN_FIELDS) < _PLAIN_FIELDS_MAX:
-                _PLAIN_FIELDS.add(field)
-        else:
-            headers.append((name, value))
+                content_length = meaning
+        elif meaning is not None:  # a normalised copy of the app's field
+            copy = cast("tuple[bytes, bytes]", meaning)
+            if copy[0] == b"content-type" and copy[1].startswith(b"text/event-stream"):
+                event_stream = True
+            headers.append(copy)
     if status == 304 and content_length is not None:
         # Allowed on a 304 (RFC 9110 §8.6), which gets no body (and no length of ours).
         headers.append((b"content-length", b"%d" % content_length))
     return Head(status, headers, content_length, event_stream)
+
+
+def _check_field(field: Any) -> object:
+    """What a field the app sent means (see ``_CHECKED``); remembered when it can be.
+
+    Returns ``_PLAIN``, ``_EVENT_STREAM``, a Content-Length, None (a
+    ``Transfer-Encoding: chunked``, dropped) or a normalised ``(name, value)`` copy.
+    """
+    name, value = field
+    if not isinstance(name, bytes) or not isinstance(value, bytes):
+        name, value = bytes(name), bytes(value)  # bytearray; str raises TypeError
+    if not name.islower():
+        name = name.lower()  # (a copy only when needed: it lives as long as the stream)
+    value = value.strip(b" \t")
+    if not FIELD_NAME.fullmatch(name) or FIELD_VALUE_CONTROL.search(value):
+        raise ASGIProtocolError(f"ASGI application sent an invalid header {name!r}: {value!r}")
+    meaning: object
+    if name == b"content-length":
+        if not value.isdigit():
+            raise ASGIProtocolError(f"ASGI application sent an invalid Content-Length {value!r}")
+        meaning = int(value)
+    elif name == b"transfer-encoding":
+        if value.lower() != b"chunked":
+            raise ASGIProtocolError(f"ASGI application sent Transfer-Encoding {value!r}")
+        meaning = None
+    elif name is not field[0] or value is not field[1] or type(field) is not tuple:
+        return (name, value)  # normalised: a copy, not remembered
+    elif name == b"content-type" and value.startswith(b"text/event-stream"):
+        meaning = _EVENT_STREAM
+    else:
+        meaning = _PLAIN
+    # Only a tuple of bytes is remembered: immutable, it stays what was checked.
+    immutable = type(field) is tuple and type(field[0]) is bytes and type(field[1]) is bytes
+    if immutable and len(_CHECKED) < _CHECKED_MAX:
+        _CHECKED[field] = meaning
+    return meaning
