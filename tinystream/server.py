@@ -297,8 +297,11 @@ class HTTPConnection(asyncio.Protocol):
                 self._on_request(event)  # type: ignore[arg-type]
                 state = self.state
                 if state is ConnState.ACTIVE:
-                    if conn.their_state is h11.MUST_CLOSE:
+                    their_state = conn.their_state
+                    if their_state is h11.MUST_CLOSE:
                         return  # a body-less request that closes: see EndOfMessage below
+                    if their_state is h11.DONE:
+                        return  # its end was taken (_on_request): h11 would say PAUSED
                 elif state is ConnState.HEAD:
                     # Answered eagerly, and the next cycle began with a pipelined head
                     # (in a fresh parser if empty lines were dropped): parse it.
