@@ -616,17 +616,15 @@ def test_chunk_size_lines_get_the_same_verdict_however_split(name: str, cuts: li
         assert statuses == [400]
 
 
-# Eager start (Python 3.12+): a handler that returns without suspending is answered
-# inside data_received. Everything else must stay as it was with a scheduled task.
-
-EAGER = sys.version_info >= (3, 12)
+# Every handler runs in a task of its own, scheduled (not started eagerly: see
+# Exchange.start), whether or not it ever suspends.
 
 
 async def test_a_handler_that_never_suspends_behaves_as_in_a_task(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Same response, access-log line and keep-alive; the handler still runs in a
-    task (current_task, asyncio.timeout); on 3.12+ it is answered at once."""
+    """Same response, access-log line and keep-alive; the handler runs in a task
+    (current_task, asyncio.timeout), which is gone once it answered."""
     caplog.set_level(logging.INFO, logger="tinystream.access")
     seen: list[object] = []
 
@@ -639,9 +637,6 @@ async def test_a_handler_that_never_suspends_behaves_as_in_a_task(
 
     protocol, transport = make_connection(handler)
     protocol.data_received(SIMPLE_GET)
-    if EAGER:
-        assert protocol.exchange is None and protocol.state is ConnState.WAITING
-        assert parse_responses(bytes(transport.written))[0]["body"] == b"hi"
     await settle(protocol)
     protocol.data_received(SIMPLE_GET)
     await settle(protocol)
@@ -655,9 +650,9 @@ async def test_a_handler_that_never_suspends_behaves_as_in_a_task(
     assert not protocol.ctx.tasks
 
 
-async def test_many_pipelined_requests_answered_eagerly_do_not_recurse() -> None:
-    """Each eagerly answered request starts the next cycle inside the parsing loop:
-    the loop must go on iteratively, not one stack frame deeper per request."""
+async def test_many_pipelined_requests_are_answered_in_order_without_recursion() -> None:
+    """Each answered request starts the next cycle of the pipeline: one after
+    another, never one stack frame deeper per request."""
 
     async def handler(request: Request) -> Response:
         return Response(request.path)
@@ -667,12 +662,12 @@ async def test_many_pipelined_requests_answered_eagerly_do_not_recurse() -> None
     protocol.data_received(
         b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(count))
     )
-    await settle(protocol, rounds=4 * count)  # one exchange after another without eager start
+    await settle(protocol, rounds=4 * count)  # one exchange after another
     bodies = [r["body"] for r in parse_responses(bytes(transport.written))]
     assert bodies == [b"/%d" % i for i in range(count)]
 
 
-async def test_a_client_leaving_cancels_a_handler_that_suspended_after_an_eager_start(
+async def test_a_client_leaving_cancels_a_handler_waiting_at_its_first_await(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="tinystream.access")
@@ -688,8 +683,6 @@ async def test_a_client_leaving_cancels_a_handler_that_suspended_after_an_eager_
 
     protocol, transport = make_connection(handler)
     protocol.data_received(SIMPLE_GET)
-    if EAGER:
-        assert started.is_set()  # ran up to its first await already
     await asyncio.wait_for(started.wait(), 5)
     protocol.eof_received()
     await asyncio.wait_for(cancelled.wait(), 5)
@@ -700,8 +693,8 @@ async def test_a_client_leaving_cancels_a_handler_that_suspended_after_an_eager_
 
 
 async def test_a_post_answered_before_its_body_closes_the_connection() -> None:
-    """A handler that answers without reading the body (eagerly, even before the
-    body arrives) gets its response sent; the unread body ends the connection."""
+    """A handler that answers without reading the body (even before the body
+    arrives) gets its response sent; the unread body ends the connection."""
 
     async def handler(request: Request) -> Response:
         return Response("early")

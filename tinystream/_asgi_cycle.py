@@ -104,9 +104,7 @@ class Cycle:
         self.tasks = tasks  # the adapter's app tasks that outlive their response
         self.cycles = cycles  # the adapter's open cycles (shutdown tells them)
         self.loop = exchange.ctx.loop
-        # The exchange's task: the app runs in it. (Started eagerly, it is not the
-        # exchange's yet during its first step.)
-        self.task = exchange.task or asyncio.current_task()
+        self.task = exchange.task  # the app runs in the exchange's task
         # The body's stream is made on the first receive(): most apps never call it.
         self.request_body: AsyncIterator[bytes] | None = None
         self.body_open = True  # receive() has not returned more_body=False yet

@@ -109,7 +109,6 @@ class HTTPConnection(asyncio.Protocol):
         "_has_body",
         "_keep_alive",
         "_over_capacity",
-        "_parsing",
         "_pipelined",
         "_reset_check",
         "_stall_timer",
@@ -147,7 +146,6 @@ class HTTPConnection(asyncio.Protocol):
         self._pipelined = 0
         self._over_capacity = False
         self._drained = 0  # bytes dropped since a refusal (DRAINING)
-        self._parsing = False  # in the h11 loop (an eager exchange may end inside it)
         self._has_body = False  # the request being answered has a body to come
         # Per-request state
         self.exchange: Exchange | None = None
@@ -271,15 +269,6 @@ class HTTPConnection(asyncio.Protocol):
     # The h11 loop
 
     def _handle_events(self) -> None:
-        if self._parsing:
-            return  # an exchange that ended eagerly, inside the loop below: it goes on
-        self._parsing = True
-        try:
-            self._parse_events()
-        finally:
-            self._parsing = False
-
-    def _parse_events(self) -> None:
         conn = self.h11
         while True:
             try:
@@ -302,10 +291,6 @@ class HTTPConnection(asyncio.Protocol):
                         return  # a body-less request that closes: see EndOfMessage below
                     if their_state is h11.DONE:
                         return  # its end was taken (_on_request): h11 would say PAUSED
-                elif state is ConnState.HEAD:
-                    # Answered eagerly, and the next cycle began with a pipelined head
-                    # (in a fresh parser if empty lines were dropped): parse it.
-                    conn = self.h11
                 else:
                     return
             elif kind is h11.EndOfMessage:
