@@ -773,3 +773,69 @@ async def test_asgi_handler_is_a_native_handler() -> None:
     handler = ASGIHandler(asgi_apps.starlette_app, lifespan="off")
     async with serve_for_test(handler) as client:
         assert (await client.get("/")).body == b"hello, world\n"
+
+
+# One task per request: the response goes out as the app sends it
+
+
+async def test_a_response_is_sent_before_the_apps_background_work_ends() -> None:
+    """Starlette runs background tasks after the last send(): the client has its
+    response, and the next request on the connection is served, meanwhile."""
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.requests import Request as StarletteRequest
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    release, finished = asyncio.Event(), asyncio.Event()
+
+    async def background() -> None:
+        await release.wait()
+        finished.set()
+
+    async def slow_after(request: StarletteRequest) -> PlainTextResponse:
+        return PlainTextResponse("sent first", background=BackgroundTask(background))
+
+    async def quick(request: StarletteRequest) -> PlainTextResponse:
+        return PlainTextResponse("next one")
+
+    app = Starlette(routes=[Route("/", slow_after), Route("/quick", quick)])
+    async with serve_for_test(app) as client, client.connection() as conn:
+        first = await asyncio.wait_for(conn.request("GET", "/"), TIMEOUT)
+        assert first.status == 200 and first.body == b"sent first"
+        assert not finished.is_set()  # its background work still waits
+        second = await asyncio.wait_for(conn.request("GET", "/quick"), TIMEOUT)
+        assert second.body == b"next one"
+        release.set()
+        await asyncio.wait_for(finished.wait(), TIMEOUT)
+
+
+async def test_a_slow_first_chunk_does_not_hold_back_the_head() -> None:
+    """A streamed body's head goes out first_item_wait after http.response.start
+    when the first chunk is slow (an LLM's first token), as for native streams."""
+    first_chunk = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await first_chunk.wait()
+        await send({"type": "http.response.body", "body": b"token", "more_body": False})
+
+    async with serve_for_test(app, first_item_wait=0.05) as client:
+        async with client.stream("GET", "/") as response:
+            assert response.status == 200  # the head, while the app still waits
+            assert response.headers.get("transfer-encoding") == "chunked"
+            first_chunk.set()
+            assert await asyncio.wait_for(response.read(), TIMEOUT) == b"token"
+
+
+async def test_an_asgi_app_behind_a_router_route_is_served() -> None:
+    from tinystream import Router
+
+    router = Router()
+    router.add("/", ASGIHandler(asgi_apps.starlette_app, lifespan="off"))
+    async with serve_for_test(router) as client:
+        response = await client.get("/")
+        assert response.status == 200 and response.body == b"hello, world\n"
+        assert (await client.get("/elsewhere")).status == 404  # the router's own

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Protocol
+from typing import Any, Protocol
 
 from ._threads import shared_pool
 from .config import Config
@@ -88,6 +88,9 @@ class ServerContext:
     def __init__(self, handler: Handler, config: Config) -> None:
         self.handler = handler
         self.is_async = _is_async_callable(handler)
+        #: What says whether the handler responds while it runs (``pushes``): an
+        #: ``ASGIHandler``, or a ``Router`` (which learns it as routes are added).
+        self.push_source: Any = handler if hasattr(handler, "pushes") else None
         self.config = config
         self.loop = asyncio.get_running_loop()
         self.pool = shared_pool(config.max_threads)

@@ -53,6 +53,9 @@ class ConnectionPort(Protocol):
     def exchange_finished(self, exchange: Exchange) -> None:
         """The exchange ended (it was counted and logged): take the connection back."""
 
+    def streaming(self) -> None:
+        """A streamed body starts (it may stay open for hours): hold nothing for later."""
+
 
 class Pusher(Protocol):
     """A handler that pushes its response is told when the client leaves."""
@@ -233,7 +236,11 @@ class Exchange:
 
     async def run(self) -> None:
         self._running = True
-        RUNNING.set(self)  # this task's context only: how a pushing handler finds us
+        pushes = self.ctx.push_source is not None and self.ctx.push_source.pushes
+        if pushes:
+            # In this task's context only: how a handler that pushes finds us.
+            # (Only then: a context entry costs an idle stream ~0.2 KiB.)
+            RUNNING.set(self)
         request = self.request
         try:
             response = await self._call_handler()
@@ -254,9 +261,10 @@ class Exchange:
                 self.note(Outcome.ERROR)
                 self._cut_short()
         finally:
-            # Not left in the task's context: task -> context -> exchange -> task
-            # would be a reference cycle, freed only by the cyclic collector.
-            RUNNING.set(None)
+            if pushes:
+                # Not left in the task's context: task -> context -> exchange ->
+                # task would be a cycle, freed only by the cyclic collector.
+                RUNNING.set(None)
             self._end()
             if self.task is not None:
                 self.ctx.tasks.discard(self.task)
@@ -317,6 +325,7 @@ class Exchange:
         ctx = self.ctx
         source = open_source(response.content, ctx.pool, writer.room)
         ctx.open_streams += 1
+        self.port.streaming()
         ctx.stats_changed()
         pending: asyncio.Future[Any] | None = None
         try:
@@ -428,6 +437,7 @@ class Exchange:
             return False
         self._push_open = True
         self.ctx.open_streams += 1
+        self.port.streaming()
         self.ctx.stats_changed()
         return True
 

@@ -88,6 +88,9 @@ class ASGIHandler:
     #: The app's own ``Server`` and ``Date`` fields, if it sends them, replace the
     #: server's (see ``ServerContext``); the server adds those it leaves out.
     own_server_fields = True
+    #: It responds while it runs (the app sends from inside its call): the server
+    #: lets it find the request's exchange (``_exchange.RUNNING``).
+    pushes = True
 
     def __init__(self, app: ASGIApp, *, root_path: str = "", lifespan: str = "auto") -> None:
         if not callable(app):

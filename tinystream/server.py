@@ -417,6 +417,11 @@ class HTTPConnection(asyncio.Protocol):
         else:
             self._abort()
 
+    def streaming(self) -> None:
+        # The deadline timer, left armed while a request is served (_set_deadline),
+        # would keep its handle for keep_alive_timeout on every open stream.
+        self._drop_deadline()
+
     def _next_cycle(self) -> bool:
         """Start the next request/response cycle; True when pipelined bytes await parsing."""
         assert self.flow is not None
