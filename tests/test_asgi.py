@@ -839,3 +839,155 @@ async def test_an_asgi_app_behind_a_router_route_is_served() -> None:
         response = await client.get("/")
         assert response.status == 200 and response.body == b"hello, world\n"
         assert (await client.get("/elsewhere")).status == 404  # the router's own
+
+
+# What a review of the one-task design found (each failed before its fix)
+
+
+async def test_a_length_framed_stream_is_whole_when_the_client_half_closes_at_once() -> None:
+    """The last small chunk is held for the end of the loop iteration; the client's
+    FIN read in the same iteration must not lose it."""
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"content-length", b"10")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"01234", "more_body": True})
+        await send({"type": "http.response.body", "body": b"56789"})
+
+    async with serve_for_test(app, half_close=True) as client:
+        for _ in range(5):
+            async with client.connection() as conn:
+                await conn.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                conn.shutdown_write()
+                raw = await asyncio.wait_for(conn.read_raw_until_close(), TIMEOUT)
+                assert raw.endswith(b"\r\n\r\n0123456789")
+
+
+async def test_an_app_that_swallows_its_cancellation_gets_nothing_written() -> None:
+    """The client left before the start; the app ignores the cancellation and
+    returns: no response of ours goes out (not a 200 the app never sent)."""
+    waiting = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        waiting.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            return  # swallowed (bad practice, but apps do it)
+
+    async with serve_for_test(app) as client, client.connection() as conn:
+        await conn.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.wait_for(waiting.wait(), TIMEOUT)
+        conn.shutdown_write()
+        assert await asyncio.wait_for(conn.read_raw_until_close(), TIMEOUT) == b""
+
+
+async def test_a_pipelined_request_does_not_inherit_the_previous_apps_context() -> None:
+    import contextvars
+
+    seen: list[str | None] = []
+    mark: contextvars.ContextVar[str | None] = contextvars.ContextVar("mark", default=None)
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        seen.append(mark.get())
+        mark.set(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with serve_for_test(app) as client, client.connection() as conn:
+        await conn.send_raw(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        await client.server.wait_stats(lambda s: s.requests_served == 2, TIMEOUT)
+    assert seen == [None, None]
+
+
+async def test_nothing_the_app_starts_inherits_the_exchange() -> None:
+    from tinystream._exchange import RUNNING
+
+    inherited: list[object] = []
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        task = asyncio.get_running_loop().create_task(asyncio.sleep(0, RUNNING.get()))
+        inherited.append(await task)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with serve_for_test(app) as client:
+        assert (await client.get("/")).status == 200
+    assert inherited == [None]
+
+
+async def test_background_work_after_the_response_does_not_delay_shutdown() -> None:
+    from tinystream.serving import CLEANUP_TIMEOUT
+
+    responded, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        responded.set()
+        try:
+            await asyncio.Event().wait()  # background work that never ends
+        finally:
+            cancelled.set()
+
+    async with serve_for_test(app) as client:
+        assert (await client.get("/")).body == b"ok"
+        await asyncio.wait_for(responded.wait(), TIMEOUT)
+        started = asyncio.get_running_loop().time()
+    # (serve_for_test's exit is the graceful shutdown)
+    assert cancelled.is_set()
+    assert asyncio.get_running_loop().time() - started < CLEANUP_TIMEOUT
+
+
+async def test_an_asgi_handler_wrapped_in_a_native_handler_is_served() -> None:
+    asgi = ASGIHandler(asgi_apps.starlette_app, lifespan="off")
+
+    async def with_auth(request: Any) -> Any:
+        if request.headers.get("authorization") != "yes":
+            from tinystream import Response
+
+            return Response("no\n", status=401)
+        return await asgi(request)
+
+    async with serve_for_test(with_auth) as client:
+        assert (await client.get("/")).status == 401
+        allowed = await client.get("/", headers={"authorization": "yes"})
+        assert allowed.status == 200 and allowed.body == b"hello, world\n"
+
+
+async def test_unusual_but_valid_messages_are_answered() -> None:
+    """A writable memoryview as a field value; HEAD answered without a body message;
+    a 304 keeps the app's Content-Length."""
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/view":
+            headers = [(b"x-view", memoryview(bytearray(b"seen")))]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"ok"})
+        elif scope["path"] == "/head":
+            headers = [(b"content-length", b"4")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+        else:
+            headers = [(b"content-length", b"4"), (b"etag", b'"v1"')]
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+
+    async with serve_for_test(app) as client:
+        view = await client.get("/view")
+        assert view.status == 200 and view.headers.get("x-view") == "seen"
+        head = await client.request("HEAD", "/head")
+        assert head.status == 200 and head.headers.get("content-length") == "4"
+        not_modified = await client.get("/304")
+        assert not_modified.status == 304 and not_modified.headers.get("content-length") == "4"

@@ -154,8 +154,8 @@ class Cycle:
                 self.exchange.push_truncate(Outcome.SHUTDOWN)
                 return None
             raise ASGIProtocolError("ASGI application returned without completing its response")
-        if self.status in NO_BODY_STATUSES:
-            self._push_head()  # a 204 or 304 needs no body message
+        if self.discard:
+            self._push_head()  # HEAD, 204, 304: no body message needed
             return None
         self._close("the application returned without a response")
         if self.status == 0 and self.told_disconnect:

@@ -70,7 +70,7 @@ def parse_start(message: Mapping[str, Any]) -> Head:
     for field in message.get("headers", ()):
         try:
             meaning = _CHECKED.get(field, _UNKNOWN)
-        except TypeError:  # a list, or a bytearray in it: checked below
+        except (TypeError, ValueError):  # a list, a bytearray, a writable memoryview
             meaning = _UNKNOWN
         if meaning is _UNKNOWN:
             meaning = _check_field(field)
@@ -89,9 +89,6 @@ def parse_start(message: Mapping[str, Any]) -> Head:
             if copy[0] == b"content-type" and copy[1].startswith(b"text/event-stream"):
                 event_stream = True
             headers.append(copy)
-    if status == 304 and content_length is not None:
-        # Allowed on a 304 (RFC 9110 §8.6), which gets no body (and no length of ours).
-        headers.append((b"content-length", b"%d" % content_length))
     return Head(status, headers, content_length, event_stream)
 
 

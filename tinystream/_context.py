@@ -9,6 +9,7 @@ counted and its access-log line written, with its :class:`Outcome`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import inspect
 import logging
@@ -17,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Protocol
 
 from ._threads import shared_pool
 from .config import Config
@@ -88,9 +89,9 @@ class ServerContext:
     def __init__(self, handler: Handler, config: Config) -> None:
         self.handler = handler
         self.is_async = _is_async_callable(handler)
-        #: What says whether the handler responds while it runs (``pushes``): an
-        #: ``ASGIHandler``, or a ``Router`` (which learns it as routes are added).
-        self.push_source: Any = handler if hasattr(handler, "pushes") else None
+        # New request tasks start from this context, not from the context of
+        # whatever task happened to end the previous exchange (see Exchange.start).
+        self.base_context = contextvars.copy_context()
         self.config = config
         self.loop = asyncio.get_running_loop()
         self.pool = shared_pool(config.max_threads)

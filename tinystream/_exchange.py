@@ -43,7 +43,6 @@ __all__ = ["PUSHED", "RUNNING", "ConnectionPort", "Exchange", "Pusher"]
 logger = logging.getLogger("tinystream.error")
 
 
-
 class ConnectionPort(Protocol):
     """What an exchange may ask of its connection."""
 
@@ -141,7 +140,9 @@ class Exchange:
         ready handler: each phase's code stays hot), though it saves instructions.
         """
         ctx = self.ctx
-        task = ctx.loop.create_task(self.run())
+        # From the server's context: the exchange before may have ended inside its
+        # handler's task (a pushed response), whose context variables are not ours.
+        task = ctx.base_context.copy().run(ctx.loop.create_task, self.run())
         self.task = task
         ctx.tasks.add(task)  # run() discards it
 
@@ -185,12 +186,12 @@ class Exchange:
             self.event_stream.stop()
         self.disconnected.set()
         self.body.fail(ClientDisconnected("client disconnected"))
-        if self.pusher is not None:
-            self.pusher.client_gone()
         self.stop()
 
     def stop(self) -> None:
         """Cancel the handler's task; its producer is closed (its ``finally`` runs)."""
+        if self.pusher is not None:
+            self.pusher.client_gone()  # every later send() raises, even if it swallows this
         task = self.task
         if task is not None and not task.done():
             task.cancel()
@@ -236,14 +237,16 @@ class Exchange:
 
     async def run(self) -> None:
         self._running = True
-        pushes = self.ctx.push_source is not None and self.ctx.push_source.pushes
-        if pushes:
-            # In this task's context only: how a handler that pushes finds us.
-            # (Only then: a context entry costs an idle stream ~0.2 KiB.)
-            RUNNING.set(self)
         request = self.request
         try:
-            response = await self._call_handler()
+            # In this task's context, while the handler is called: how a handler
+            # that pushes (an ASGI app, also behind a Router or a wrapper) finds us.
+            # Reset after the call: an entry would cost every open stream ~0.2 KiB.
+            running = RUNNING.set(self)
+            try:
+                response = await self._call_handler()
+            finally:
+                RUNNING.reset(running)
             if response is None:
                 return  # pushed while the handler ran: sent already
             if isinstance(response, StreamingResponse):
@@ -261,10 +264,6 @@ class Exchange:
                 self.note(Outcome.ERROR)
                 self._cut_short()
         finally:
-            if pushes:
-                # Not left in the task's context: task -> context -> exchange ->
-                # task would be a cycle, freed only by the cyclic collector.
-                RUNNING.set(None)
             self._end()
             if self.task is not None:
                 self.ctx.tasks.discard(self.task)
@@ -296,8 +295,8 @@ class Exchange:
                 raise
             logger.exception("handler failed for %s %s", request.method, request.target)
             return self._internal_error()
-        if self._pushed:
-            return None
+        if self._pushed or response is PUSHED:
+            return None  # (PUSHED without a push: an app that swallowed its cancellation)
         if not isinstance(response, (Response, StreamingResponse)):
             logger.error(
                 "handler for %s %s returned %r, not a Response",
@@ -313,8 +312,8 @@ class Exchange:
         return Response("Internal Server Error\n", status=500)
 
     def _send_whole(self, response: Response) -> None:
-        if self.writer.is_closing():
-            return
+        if self.writer.is_closing() or self.disconnected.happened:
+            return  # (a handler that swallowed its cancellation: nobody to answer)
         headers, body = response.headers, response.body
         if response.compress:
             headers, body = compress_whole(headers, body, self._accept_encoding())
@@ -400,7 +399,8 @@ class Exchange:
         if writer.is_closing():
             return
         if not writer.head_sent:
-            writer.send_error(500, "Internal Server Error")
+            if not self.disconnected.happened:  # (nobody to tell after a FIN)
+                writer.send_error(500, "Internal Server Error")
             return
         live = self.event_stream
         if live is not None and live.end_with(live.response.error_event):
@@ -470,7 +470,10 @@ class Exchange:
 
     def _pushed_to_nobody(self) -> ClientDisconnected:
         if not self._ended:
-            self._client_left()
+            if self.writer.is_closing():
+                self.note(Outcome.CLIENT_GONE)  # (a truncation under way is not reset)
+            else:
+                self._client_left()
             self._end()
         return ClientDisconnected("client disconnected")
 
@@ -496,6 +499,10 @@ class Exchange:
         self._ended = True
         self.body.detach()
         self.pusher = None  # (it holds this exchange: no cycle left behind)
+        if self._pushed and self.task is not None:
+            # The app may run on after its response; the adapter tracks it from now
+            # on, so shutdown does not wait on it as on a request being answered.
+            self.ctx.tasks.discard(self.task)
         if self._push_open:
             self._push_open = False
             self.ctx.open_streams -= 1

@@ -145,7 +145,7 @@ def field_lines(
     for field in headers:
         try:
             known = field in _VALID_LINES
-        except TypeError:  # a list, or a bytearray in it: checked below
+        except (TypeError, ValueError):  # a list, a bytearray, a writable memoryview
             known = False
         if known:
             lines.append(b"%s: %s\r\n" % field)
@@ -516,7 +516,12 @@ class ResponseWriter:
             self.bytes_sent = sent  # the gzip trailer is not payload
         data = self._h11.send(h11.EndOfMessage())
         if data:
-            self._send(data)
+            self._send(data)  # (the last chunk, after what is held)
+        else:
+            # A length-framed body has no end marker: what is held goes now, while
+            # the response is still ours (a FIN read in this same iteration may
+            # close the transport before the iteration's flush).
+            self.flush()
 
     # Ending the connection
 

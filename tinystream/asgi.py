@@ -88,9 +88,6 @@ class ASGIHandler:
     #: The app's own ``Server`` and ``Date`` fields, if it sends them, replace the
     #: server's (see ``ServerContext``); the server adds those it leaves out.
     own_server_fields = True
-    #: It responds while it runs (the app sends from inside its call): the server
-    #: lets it find the request's exchange (``_exchange.RUNNING``).
-    pushes = True
 
     def __init__(self, app: ASGIApp, *, root_path: str = "", lifespan: str = "auto") -> None:
         if not callable(app):
@@ -149,6 +146,9 @@ class ASGIHandler:
             if name == b"upgrade" and b"websocket" in value.lower():
                 return self._refuse_websocket(request)
         exchange = RUNNING.get()
+        # Nothing the app starts (a task, a task group) inherits the exchange: a
+        # long-lived task would keep the request and its connection alive.
+        RUNNING.set(None)
         if exchange is None or exchange.request is not request:
             raise RuntimeError("an ASGIHandler runs in the task the server made for its request")
         cycle = Cycle(

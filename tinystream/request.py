@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 from .datastructures import Headers, QueryParams
-from .errors import HTTPError
+from .errors import ClientDisconnected, HTTPError
 
 __all__ = ["BodyListener", "BodyReader", "Disconnect", "Request", "parse_target"]
 
@@ -96,12 +96,16 @@ class BodyReader:
             self._listener.body_unread(self.unread)
 
     def detach(self) -> None:
-        """The exchange ended: tell it nothing more.
+        """The exchange ended: tell it nothing more, and wait for nothing more.
 
         (The listener holds this reader too: letting go of it breaks the cycle,
-        so both are freed when the request is, not by the cyclic collector.)
+        so both are freed when the request is, not by the cyclic collector.) A
+        reader still waiting for the rest - an ASGI app's ``receive()`` after its
+        response - gets ``ClientDisconnected`` instead of waiting for ever.
         """
         self._listener = None
+        if not self._complete and self._error is None:
+            self.fail(ClientDisconnected("the response ended before the request body"))
 
     def finish(self) -> None:
         self._complete = True
@@ -272,8 +276,8 @@ class Request:
         are wanted (the ASGI adapter passes them on as the scope's ``headers``).
         """
         raw = self._raw_headers
-        if raw is None:
-            return self.headers.raw
+        if raw is None or self._headers is not None:
+            return self.headers.raw  # (``headers`` may have been replaced)
         return list(raw)
 
     @property

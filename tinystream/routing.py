@@ -69,9 +69,6 @@ class Router:
     def __init__(self) -> None:
         self._static: dict[str, _Route] = {}
         self._dynamic: list[_Route] = []
-        #: A route's handler responds while it runs (an ``ASGIHandler``): the
-        #: server then lets it find the request's exchange (``_exchange.RUNNING``).
-        self.pushes = False
 
     def add(self, path: str, handler: RouteHandler, methods: Iterable[str] = ("GET",)) -> None:
         """Route ``methods`` on ``path`` to ``handler``.
@@ -82,8 +79,6 @@ class Router:
         """
         if not callable(handler):
             raise TypeError(f"route handler must be callable, got {handler!r}")
-        if getattr(handler, "pushes", False):
-            self.pushes = True
         wanted = [m.upper() for m in ([methods] if isinstance(methods, str) else methods)]
         if not wanted:
             raise ValueError(f"route {path!r} needs at least one method")
