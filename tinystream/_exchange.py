@@ -456,6 +456,8 @@ class Exchange:
         if not writer.is_open():
             raise self._pushed_to_nobody()
         writer.write(chunk, hold=True)
+        # The pacing of ResponseWriter.pump, written again on purpose: one shared
+        # method cost the producer loop 4 % more instructions per SSE event.
         flow = self.flow
         if flow.write_paused:
             self._writes = 0
